@@ -1,0 +1,150 @@
+"""The gateway's one settings object: environment variables (and an optional `.env`).
+
+The variable names are part of the interface (README, compose file, tests and ops scripts use
+them). Everything is validated at start; a bad value stops the gateway with a message that
+names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the gateway cannot run with; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    twilio_api_base_url: str = DEFAULT_TWILIO_API_BASE_URL
+    api_token: str = field(default="", repr=False)
+    api_token_generated: bool = False
+    redis_url: str | None = None
+    instance_id: str = ""
+    heartbeat_interval: float = 5.0
+    heartbeat_ttl: float = 15.0
+    stt_provider: str = "pocketsphinx"
+    tts_provider: str = "espeak"
+    vad_provider: str = "webrtc"
+    agent_provider: str = "demo"
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    @property
+    def signatures_enforced(self) -> bool:
+        return bool(self.twilio_auth_token)
+
+
+def _read_env(env: Mapping[str, str] | None, dotenv_path: Path | None) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    path = dotenv_path if dotenv_path is not None else Path(".env")
+    if path.is_file():
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update(os.environ if env is None else env)  # the real environment wins over .env
+    return merged
+
+
+def _positive_float(values: Mapping[str, str], name: str, default: float) -> float:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def _choice(values: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = values.get(name, "").strip() or default
+    normalised = raw.upper() if name == "LOG_LEVEL" else raw.lower()
+    if normalised not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}; got {raw!r}")
+    return normalised
+
+
+def _http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def load_settings(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    dotenv_path: Path | None = None,
+) -> Settings:
+    """Builds validated settings; `host`/`port` come from the command line."""
+    values = _read_env(env, dotenv_path)
+    host = host or "127.0.0.1"
+    port = 8000 if port is None else port
+    if not 0 < port < 65536:
+        raise SettingsError(f"--port must be between 1 and 65535, got {port}")
+
+    public_url = values.get("PUBLIC_URL", "").strip()
+    public_url = _http_url("PUBLIC_URL", public_url) if public_url else f"http://{host}:{port}"
+
+    redis_url = values.get("REDIS_URL", "").strip() or None
+    if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        # The URL is not echoed back: it may carry a password.
+        raise SettingsError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+
+    api_token = values.get("API_TOKEN", "").strip()
+    generated = not api_token
+    if generated:
+        api_token = secrets.token_urlsafe(24)
+
+    heartbeat_interval = _positive_float(values, "HEARTBEAT_INTERVAL", 5.0)
+    heartbeat_ttl = _positive_float(values, "HEARTBEAT_TTL", 15.0)
+    if heartbeat_ttl <= heartbeat_interval:
+        raise SettingsError(
+            f"HEARTBEAT_TTL ({heartbeat_ttl}) must be longer than HEARTBEAT_INTERVAL "
+            f"({heartbeat_interval}), or every instance looks dead between two beats"
+        )
+
+    api_base = values.get("TWILIO_API_BASE_URL", "").strip()
+    return Settings(
+        host=host,
+        port=port,
+        public_url=public_url,
+        twilio_account_sid=values.get("TWILIO_ACCOUNT_SID", "").strip() or None,
+        twilio_auth_token=values.get("TWILIO_AUTH_TOKEN", "").strip() or None,
+        twilio_api_base_url=_http_url("TWILIO_API_BASE_URL", api_base)
+        if api_base
+        else DEFAULT_TWILIO_API_BASE_URL,
+        api_token=api_token,
+        api_token_generated=generated,
+        redis_url=redis_url,
+        instance_id=values.get("INSTANCE_ID", "").strip()
+        or f"{socket.gethostname()}-{os.getpid()}",
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_ttl=heartbeat_ttl,
+        stt_provider=values.get("STT_PROVIDER", "").strip() or "pocketsphinx",
+        tts_provider=values.get("TTS_PROVIDER", "").strip() or "espeak",
+        vad_provider=values.get("VAD_PROVIDER", "").strip() or "webrtc",
+        agent_provider=values.get("AGENT_PROVIDER", "").strip() or "demo",
+        log_level=_choice(values, "LOG_LEVEL", "INFO", LOG_LEVELS),
+        log_format=_choice(values, "LOG_FORMAT", "text", LOG_FORMATS),
+    )

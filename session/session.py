@@ -1,0 +1,776 @@
+"""The voice session engine: turn-taking, replies, barge-in and playout for one call.
+
+Audio arrives through `process_audio` (synchronous, called once per transport frame, cheap),
+is classified by the VAD, and, while the caller speaks, streamed to the recogniser. When the
+caller has been silent for the endpointing delay and the final transcript is in, the turn is
+committed and the agent's streamed reply is split into sentences, synthesised and sent to the
+transport with a playout mark after each sentence. The transport's marks are the only clock
+for what the caller has heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from session.audio import StreamingResampler
+from session.config import Config
+from session.errors import ErrorCode, ProviderError, SessionError
+from session.interfaces import (
+    STT,
+    TTS,
+    VAD,
+    Agent,
+    AgentContext,
+    ChatMessage,
+    NoiseFilter,
+    STTStream,
+    TranscriptEvent,
+    Transport,
+    TurnDetector,
+)
+from session.speech import SayHandle, Segment
+from session.state import SessionState, check_transition
+from session.text import SentenceSplitter
+
+log = logging.getLogger(__name__)
+
+S = SessionState
+StateCallback = Callable[[SessionState, SessionState], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """Something observable happened; `kind` is stable, `data` is JSON-serialisable."""
+
+    kind: str
+    data: dict[str, Any]
+    time: float
+
+
+EventCallback = Callable[[SessionEvent], Any]
+
+
+@dataclass(slots=True)
+class SessionMetrics:
+    turns: int = 0
+    replies: int = 0
+    interruptions: int = 0
+    agent_failures: int = 0
+    tts_failures: int = 0
+    stt_reconnects: int = 0
+    reply_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+
+
+class _FixedTurnDetector:
+    def endpointing_delay(self, transcript: str, min_delay: float, max_delay: float) -> float:
+        return min_delay
+
+
+class VoiceSession:
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        stt: STT,
+        tts: TTS,
+        vad: VAD,
+        agent: Agent,
+        turn_detector: TurnDetector | None = None,
+        noise_filter: NoiseFilter | None = None,
+        config: Config | None = None,
+        metadata: dict[str, str] | None = None,
+        on_state_changed: StateCallback | None = None,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self.config = config or Config()
+        self.session_id = self.config.session_id
+        self.metadata = dict(metadata or {})
+        self.metrics = SessionMetrics()
+        self.history: list[ChatMessage] = []
+        self.end_reason: str | None = None
+        self._transport = transport
+        self._stt = stt
+        self._tts = tts
+        self._vad = vad
+        self._agent = agent
+        self._turn_detector = turn_detector or _FixedTurnDetector()
+        self._noise_filter = noise_filter
+        self._state = S.INITIAL
+        self._state_callbacks: list[StateCallback] = [on_state_changed] if on_state_changed else []
+        self._event_callbacks: list[EventCallback] = [on_event] if on_event else []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping: asyncio.Future[None] | None = None
+        self._stt_stream: STTStream | None = None
+
+        rate = transport.sample_rate
+        self._rate = rate
+        self._to_vad = StreamingResampler(rate, vad.sample_rate)
+        self._to_stt = StreamingResampler(rate, stt.sample_rate)
+        self._nf_in = StreamingResampler(rate, noise_filter.sample_rate) if noise_filter else None
+        self._nf_out = StreamingResampler(noise_filter.sample_rate, rate) if noise_filter else None
+        self._frame_bytes = vad.frame_bytes
+        self._frame_seconds = vad.frame_bytes / (2 * vad.sample_rate)
+        self._vad_buffer = bytearray()
+
+        # Caller speech tracking (VAD).
+        self._in_speech = False
+        self._voiced_run = 0.0
+        self._silence_run = 0.0
+        self._speech_voiced = 0.0
+        self._last_voiced_at = 0.0
+        self._pre_roll: deque[bytes] = deque()
+        self._pre_roll_bytes = 0
+        self._pre_roll_limit = int(self.config.pre_roll * rate) * 2
+
+        # Turn assembly.
+        self._turn_text: list[str] = []
+        self._interim = ""
+        self._pending_finals = 0
+        self._finals_deadline: asyncio.TimerHandle | None = None
+        self._endpoint_timer: asyncio.TimerHandle | None = None
+        self._dtmf_digits = ""
+        self._dtmf_timer: asyncio.TimerHandle | None = None
+
+        # Speech output.
+        self._queue: deque[tuple[SayHandle, Callable[[], AsyncIterator[str]], float | None]] = (
+            deque()
+        )
+        self._queue_wakeup = asyncio.Event()
+        self._current: SayHandle | None = None
+        self._current_task: asyncio.Task[None] | None = None
+        self._marks: dict[str, tuple[SayHandle, Segment]] = {}
+        self._last_activity = time.monotonic()
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    def on_state_changed(self, callback: StateCallback) -> None:
+        self._state_callbacks.append(callback)
+
+    def on_event(self, callback: EventCallback) -> None:
+        self._event_callbacks.append(callback)
+
+    async def start(self) -> None:
+        self._set_state(S.STARTING)
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._stt_stream = await self._with_retries(
+                self._stt.open_stream, ErrorCode.STT_FAILED, "opening the recogniser"
+            )
+        except SessionError as exc:
+            self._emit("error", code=exc.code.value, message=exc.message)
+            self.end_reason = "error"
+            self._set_state(S.ENDED)
+            raise
+        self._spawn(self._stt_loop(), "stt")
+        self._spawn(self._speech_loop(), "speech")
+        self._spawn(self._watchdog(), "watchdog")
+        self._touch()
+        self._set_state(S.LISTENING)
+
+    async def stop(self, reason: str = "stopped") -> None:
+        """Ends the session; every caller waits until its tasks are gone and providers closed."""
+        if self._stopping is None:
+            if self._state is S.ENDED:
+                return
+            self._stopping = asyncio.ensure_future(self._shutdown(reason))
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self, reason: str) -> None:
+        self.end_reason = reason
+        self._set_state(S.ENDED)
+        for timer in (self._endpoint_timer, self._dtmf_timer, self._finals_deadline):
+            if timer:
+                timer.cancel()
+        for handle, _, _ in self._queue:
+            self._finish_speech(handle, interrupted=True)
+        self._queue.clear()
+        tasks = list(self._tasks)
+        if self._current_task:
+            tasks.append(self._current_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._current and not self._current.done:
+            self._finish_speech(self._current, interrupted=True)
+        if self._stt_stream is not None:
+            try:
+                await self._stt_stream.aclose()
+            except Exception:
+                log.exception("closing the recogniser stream failed")
+        try:
+            await self._transport.close()
+        except Exception:
+            log.exception("closing the transport failed")
+        self._emit("ended", reason=reason)
+
+    def say(self, text: str, allow_interruptions: bool = True) -> SayHandle:
+        """Queues `text` to be spoken; the handle resolves once the caller has heard it."""
+        if self._state in (S.INITIAL, S.ENDED):
+            raise SessionError(ErrorCode.INVALID_STATE, f"cannot say() in state {self._state}")
+
+        async def source() -> AsyncIterator[str]:
+            yield text
+
+        return self._enqueue(source, allow_interruptions=allow_interruptions, kind="say")
+
+    def pause(self) -> None:
+        """Stops listening and speaking until `resume()`; the current speech is interrupted."""
+        self._set_state(S.PAUSED)
+        self._reset_input()
+        if self._current and not self._current.done:
+            self._interrupt(self._current, "paused")
+
+    def resume(self) -> None:
+        if self._state is not S.PAUSED:
+            raise SessionError(ErrorCode.INVALID_STATE, f"cannot resume from {self._state}")
+        self._set_state(S.LISTENING)
+        self._touch()
+        self._queue_wakeup.set()
+
+    # ------------------------------------------------------- transport listener API
+
+    def process_audio(self, pcm: bytes) -> None:
+        """One chunk of caller audio at the transport's rate. Never blocks."""
+        state = self._state
+        if state is S.ENDED or state is S.PAUSED or state is S.INITIAL or state is S.STARTING:
+            return
+        if self._noise_filter is not None:
+            assert self._nf_in is not None and self._nf_out is not None
+            pcm = self._nf_out.process(self._noise_filter.process(self._nf_in.process(pcm)))
+        vad_pcm = self._to_vad.process(pcm)
+        fb = self._frame_bytes
+        buf = self._vad_buffer
+        was_in_speech = self._in_speech
+        if not buf and len(vad_pcm) == fb:
+            self._on_frame(self._vad.is_speech(vad_pcm))
+        else:
+            buf += vad_pcm
+            while len(buf) >= fb:
+                frame = bytes(buf[:fb])
+                del buf[:fb]
+                self._on_frame(self._vad.is_speech(frame))
+        if self._in_speech or was_in_speech:
+            if self._in_speech and not was_in_speech:
+                self._push_pre_roll()
+            self._push_stt(pcm)
+        else:
+            self._pre_roll.append(pcm)
+            self._pre_roll_bytes += len(pcm)
+            while self._pre_roll_bytes > self._pre_roll_limit and self._pre_roll:
+                self._pre_roll_bytes -= len(self._pre_roll.popleft())
+
+    def handle_dtmf(self, digit: str) -> None:
+        if self._state in (S.ENDED, S.PAUSED, S.INITIAL, S.STARTING):
+            return
+        self._touch()
+        self._emit("dtmf", digit=digit)
+        if self._current and self._current.allow_interruptions and not self._current.done:
+            self._interrupt(self._current, "dtmf")
+        if digit == "#":
+            self._commit_dtmf()
+            return
+        self._dtmf_digits += digit
+        if self._dtmf_timer:
+            self._dtmf_timer.cancel()
+        assert self._loop is not None
+        self._dtmf_timer = self._loop.call_later(self.config.dtmf_turn_timeout, self._commit_dtmf)
+
+    def handle_playout(self, name: str, played: bool) -> None:
+        owner = self._marks.pop(name, None)
+        if owner is None:
+            log.debug("playout mark %s belongs to no live speech", name)
+            return
+        handle, segment = owner
+        segment.settled = True
+        segment.played = played
+        if played:
+            self._touch()
+        if not handle.done and handle.all_settled():
+            self._finish_speech(handle, interrupted=False)
+
+    def handle_transport_closed(self, reason: str) -> None:
+        if self._state is not S.ENDED:
+            self._spawn(self.stop(reason), "stop")
+
+    # --------------------------------------------------------------- caller input
+
+    def _on_frame(self, voiced: bool) -> None:
+        dur = self._frame_seconds
+        if not self._in_speech:
+            if voiced:
+                self._voiced_run += dur
+                if self._voiced_run >= self.config.min_speech_duration:
+                    self._start_of_speech()
+            else:
+                self._voiced_run = 0.0
+            return
+        if voiced:
+            self._silence_run = 0.0
+            self._speech_voiced += dur
+            self._last_voiced_at = self._now()
+            self._maybe_interrupt()
+        else:
+            self._silence_run += dur
+            if self._silence_run >= self.config.speech_end_silence:
+                self._end_of_speech()
+
+    def _start_of_speech(self) -> None:
+        self._in_speech = True
+        self._speech_voiced = self._voiced_run
+        self._silence_run = 0.0
+        self._last_voiced_at = self._now()
+        if self._endpoint_timer:
+            self._endpoint_timer.cancel()
+            self._endpoint_timer = None
+        self._to_stt.reset()
+        self._touch()
+        self._emit("user_speech_started")
+        self._maybe_interrupt()
+
+    def _end_of_speech(self) -> None:
+        self._in_speech = False
+        self._voiced_run = 0.0
+        self._silence_run = 0.0
+        if self._stt_stream is not None:
+            self._stt_stream.flush()
+            self._pending_finals += 1
+            self._arm_finals_deadline()
+        self._emit("user_speech_ended", voiced_seconds=round(self._speech_voiced, 3))
+        self._check_endpoint()
+
+    def _push_pre_roll(self) -> None:
+        for chunk in self._pre_roll:
+            self._push_stt(chunk)
+        self._pre_roll.clear()
+        self._pre_roll_bytes = 0
+
+    def _push_stt(self, pcm: bytes) -> None:
+        if self._stt_stream is not None:
+            self._stt_stream.push_audio(self._to_stt.process(pcm))
+
+    def _reset_input(self) -> None:
+        self._in_speech = False
+        self._voiced_run = self._silence_run = 0.0
+        self._turn_text.clear()
+        self._interim = ""
+        self._vad_buffer.clear()
+        if self._endpoint_timer:
+            self._endpoint_timer.cancel()
+            self._endpoint_timer = None
+
+    def _maybe_interrupt(self) -> None:
+        handle = self._current
+        if handle is None or handle.done or not handle.allow_interruptions:
+            return
+        if self._speech_voiced < self.config.min_interruption_duration:
+            return
+        words = self.config.min_interruption_words
+        if words and len((" ".join(self._turn_text) + " " + self._interim).split()) < words:
+            return
+        self._interrupt(handle, "barge_in")
+
+    # ----------------------------------------------------------------- turn taking
+
+    def _on_transcript(self, event: TranscriptEvent) -> None:
+        self._emit("transcript", text=event.text, is_final=event.is_final)
+        if not event.is_final:
+            self._interim = event.text
+            if self._in_speech:
+                self._maybe_interrupt()
+            return
+        self._interim = ""
+        self._pending_finals = max(0, self._pending_finals - 1)
+        if self._pending_finals == 0 and self._finals_deadline:
+            self._finals_deadline.cancel()
+            self._finals_deadline = None
+        if event.text.strip():
+            self._turn_text.append(event.text.strip())
+        self._check_endpoint()
+
+    def _arm_finals_deadline(self) -> None:
+        if self._finals_deadline:
+            self._finals_deadline.cancel()
+        assert self._loop is not None
+        self._finals_deadline = self._loop.call_later(
+            self.config.final_transcript_timeout, self._finals_overdue
+        )
+
+    def _finals_overdue(self) -> None:
+        self._finals_deadline = None
+        if self._pending_finals:
+            self._emit(
+                "error",
+                code=ErrorCode.STT_FAILED.value,
+                message="the recogniser gave no final transcript in time",
+            )
+            self._pending_finals = 0
+            self._check_endpoint()
+
+    def _check_endpoint(self) -> None:
+        if self._endpoint_timer:
+            self._endpoint_timer.cancel()
+            self._endpoint_timer = None
+        if self._in_speech or self._pending_finals or self._state in (S.ENDED, S.PAUSED):
+            return
+        text = " ".join(self._turn_text)
+        cfg = self.config
+        delay = self._turn_detector.endpointing_delay(
+            text, cfg.min_endpointing_delay, cfg.max_endpointing_delay
+        )
+        due = self._last_voiced_at + delay
+        now = self._now()
+        if now < due:
+            assert self._loop is not None
+            self._endpoint_timer = self._loop.call_at(due, self._check_endpoint)
+            return
+        self._turn_text.clear()
+        if text:
+            self._commit_turn(text, "")
+
+    def _commit_dtmf(self) -> None:
+        if self._dtmf_timer:
+            self._dtmf_timer.cancel()
+            self._dtmf_timer = None
+        digits, self._dtmf_digits = self._dtmf_digits, ""
+        if digits and self._state not in (S.ENDED, S.PAUSED):
+            self._commit_turn("", digits)
+
+    def _commit_turn(self, text: str, dtmf: str) -> None:
+        self.metrics.turns += 1
+        self._emit("user_turn", text=text, dtmf=dtmf)
+        ctx = AgentContext(
+            session_id=self.session_id,
+            metadata=self.metadata,
+            history=list(self.history),
+            dtmf=dtmf,
+        )
+        self.history.append(ChatMessage("user", text if text else f"[keypad] {dtmf}"))
+        # A new turn replaces any reply still waiting in the queue: it answered older input.
+        for handle, _, _ in self._queue:
+            if handle.source == "reply":
+                self._finish_speech(handle, interrupted=True)
+        self._queue = deque(item for item in self._queue if item[0].source != "reply")
+
+        async def source() -> AsyncIterator[str]:
+            async for piece in self._agent_reply(ctx, text):
+                yield piece
+
+        turn_end = self._last_voiced_at if text else self._now()
+        self._enqueue(source, allow_interruptions=True, kind="reply", turn_end=turn_end)
+        if self._state is S.LISTENING:
+            self._set_state(S.PROCESSING)
+
+    async def _agent_reply(self, ctx: AgentContext, transcript: str) -> AsyncIterator[str]:
+        """Streams the agent's reply; retried while nothing has been produced yet."""
+        attempt = 0
+        while True:
+            produced = False
+            try:
+                agent = self._agent
+                respond = agent.respond if hasattr(agent, "respond") else agent
+                result = respond(ctx, transcript)
+                if inspect.isawaitable(result):
+                    result = await result
+                if isinstance(result, str):
+                    if result:
+                        produced = True
+                        yield result
+                    return
+                async for piece in result:
+                    if piece:
+                        produced = True
+                        yield piece
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.agent_failures += 1
+                self._emit("error", code=ErrorCode.AGENT_FAILED.value, message=str(exc))
+                if produced or attempt >= self.config.max_retries:
+                    if not produced:
+                        yield self.config.apology_text
+                    return
+                await asyncio.sleep(self.config.retry_delay * (2**attempt))
+                attempt += 1
+
+    # ----------------------------------------------------------------- speech out
+
+    def _enqueue(
+        self,
+        source: Callable[[], AsyncIterator[str]],
+        *,
+        allow_interruptions: bool,
+        kind: str,
+        turn_end: float | None = None,
+    ) -> SayHandle:
+        handle = SayHandle(
+            allow_interruptions=allow_interruptions,
+            source=kind,
+            cancel_hook=self._cancel_handle,
+        )
+        self._queue.append((handle, source, turn_end))
+        self._queue_wakeup.set()
+        return handle
+
+    def _cancel_handle(self, handle: SayHandle) -> None:
+        if handle is self._current:
+            self._interrupt(handle, "cancelled")
+            return
+        self._queue = deque(item for item in self._queue if item[0] is not handle)
+        self._finish_speech(handle, interrupted=True)
+
+    async def _speech_loop(self) -> None:
+        while True:
+            while not self._queue or self._state is S.PAUSED:
+                self._queue_wakeup.clear()
+                await self._queue_wakeup.wait()
+            handle, source, turn_end = self._queue.popleft()
+            if handle.done:
+                continue
+            self._current = handle
+            task = asyncio.create_task(self._play(handle, source, turn_end))
+            self._current_task = task
+            # asyncio.wait does not raise when `task` is cancelled by an interruption.
+            await asyncio.wait({task})
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("speech %s failed", handle.id, exc_info=exc)
+                self._emit("error", code=ErrorCode.TRANSPORT_FAILED.value, message=str(exc))
+            self._current_task = None
+            self._current = None
+            if not handle.done:
+                self._finish_speech(handle, interrupted=True)
+            if not self._queue and self._state in (S.SPEAKING, S.PROCESSING):
+                self._set_state(S.LISTENING)
+
+    async def _play(
+        self,
+        handle: SayHandle,
+        source: Callable[[], AsyncIterator[str]],
+        turn_end: float | None,
+    ) -> None:
+        if handle.source == "reply" and self._state is S.SPEAKING:
+            self._set_state(S.PROCESSING)
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            splitter = SentenceSplitter()
+            try:
+                async for piece in source():
+                    for sentence in splitter.push(piece):
+                        sentences.put_nowait(sentence)
+                for sentence in splitter.flush():
+                    sentences.put_nowait(sentence)
+            finally:
+                sentences.put_nowait(None)
+
+        async def speak() -> None:
+            resampler = StreamingResampler(self._tts.sample_rate, self._rate)
+            while (sentence := await sentences.get()) is not None:
+                sent_audio = await self._speak_sentence(handle, sentence, resampler, turn_end)
+                if not sent_audio:
+                    continue
+                segment = Segment(mark=f"{handle.id}.{len(handle.segments)}", text=sentence)
+                handle.segments.append(segment)
+                self._marks[segment.mark] = (handle, segment)
+                self._emit("agent_text", text=sentence, speech_id=handle.id)
+                await self._transport.mark(segment.mark)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(produce())
+                group.create_task(speak())
+            handle.generation_done = True
+            if handle.all_settled():
+                self._finish_speech(handle, interrupted=False)
+            await handle.wait_for_playout()
+        except asyncio.CancelledError:
+            if handle.audio_started and self._state is not S.ENDED:
+                await self._transport.clear()
+            raise
+
+    async def _speak_sentence(
+        self,
+        handle: SayHandle,
+        sentence: str,
+        resampler: StreamingResampler,
+        turn_end: float | None,
+    ) -> bool:
+        """Synthesises one sentence straight to the transport; True if audio was sent."""
+        attempt = 0
+        while True:
+            sent = False
+            try:
+                async for chunk in self._tts.synthesize(sentence):
+                    pcm = resampler.process(chunk)
+                    if not pcm:
+                        continue
+                    if not handle.audio_started:
+                        handle.audio_started = True
+                        self._on_first_audio(handle, turn_end)
+                    await self._transport.send_audio(pcm)
+                    sent = True
+                    self._touch()
+                return sent
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.tts_failures += 1
+                self._emit("error", code=ErrorCode.TTS_FAILED.value, message=str(exc))
+                # Resending a half-spoken sentence would repeat words: skip the rest.
+                if sent or attempt >= self.config.max_retries:
+                    return sent
+                await asyncio.sleep(self.config.retry_delay * (2**attempt))
+                attempt += 1
+
+    def _on_first_audio(self, handle: SayHandle, turn_end: float | None) -> None:
+        if self._state in (S.LISTENING, S.PROCESSING):
+            self._set_state(S.SPEAKING)
+        data: dict[str, Any] = {"speech_id": handle.id, "source": handle.source}
+        if turn_end is not None:
+            latency = self._now() - turn_end
+            self.metrics.reply_latencies.append(latency)
+            data["latency"] = round(latency, 4)
+        self._emit("reply_started", **data)
+
+    def _interrupt(self, handle: SayHandle, reason: str) -> None:
+        if handle.done:
+            return
+        self.metrics.interruptions += 1
+        self._emit("interrupted", speech_id=handle.id, reason=reason)
+        self._finish_speech(handle, interrupted=True)
+        if handle is self._current and self._current_task is not None:
+            self._current_task.cancel()
+        if self._state is S.SPEAKING and not self._queue:
+            self._set_state(S.LISTENING)
+
+    def _finish_speech(self, handle: SayHandle, *, interrupted: bool) -> None:
+        if handle.done:
+            return
+        handle._finish(interrupted=interrupted)
+        if handle.source == "reply":
+            self.metrics.replies += 1
+        heard = handle.heard_text
+        if heard:
+            self.history.append(ChatMessage("assistant", heard))
+        self._emit(
+            "reply_finished",
+            speech_id=handle.id,
+            interrupted=interrupted,
+            heard_text=heard,
+            text=handle.text,
+        )
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _stt_loop(self) -> None:
+        failures = 0
+        while True:
+            stream = self._stt_stream
+            assert stream is not None
+            try:
+                async for event in stream:
+                    failures = 0
+                    self._on_transcript(event)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                self._emit("error", code=ErrorCode.STT_FAILED.value, message=str(exc))
+                if failures > self.config.max_retries:
+                    await self.stop("error")
+                    return
+                await asyncio.sleep(self.config.retry_delay * (2 ** (failures - 1)))
+                self.metrics.stt_reconnects += 1
+                self._stt_stream = await self._stt.open_stream()
+                self._pending_finals = 0
+
+    async def _watchdog(self) -> None:
+        cfg = self.config
+        tick = min(1.0, cfg.keep_alive_interval)
+        next_keep_alive = time.monotonic() + cfg.keep_alive_interval
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if self._current is None and now - self._last_activity > cfg.timeout:
+                await self.stop("timeout")
+                return
+            if cfg.enable_keep_alive and now >= next_keep_alive:
+                next_keep_alive = now + cfg.keep_alive_interval
+                for part in (self._stt_stream, self._transport):
+                    keep_alive = getattr(part, "keep_alive", None)
+                    if keep_alive is not None:
+                        try:
+                            await keep_alive()
+                        except Exception as exc:
+                            log.warning("keep-alive failed: %s", exc)
+                self._emit("keep_alive")
+
+    async def _with_retries(self, call: Callable[[], Any], code: ErrorCode, what: str) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                retryable = not isinstance(exc, SessionError) or exc.retryable
+                if not retryable or attempt >= self.config.max_retries:
+                    if isinstance(exc, SessionError):
+                        raise
+                    raise ProviderError(code, type(exc).__name__, f"{what}: {exc}") from exc
+                await asyncio.sleep(self.config.retry_delay * (2**attempt))
+                attempt += 1
+
+    def _set_state(self, new: SessionState) -> None:
+        old = self._state
+        if old is new:
+            return
+        check_transition(old, new)
+        self._state = new
+        self._emit("state", old=old.value, new=new.value)
+        for callback in list(self._state_callbacks):
+            try:
+                result = callback(old, new)
+                if inspect.isawaitable(result):
+                    self._spawn(result, "state-callback")
+            except Exception:
+                log.exception("state callback failed (%s -> %s)", old, new)
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if not self._event_callbacks:
+            return
+        event = SessionEvent(kind, data, time.time())
+        for callback in self._event_callbacks:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("event callback failed for %s", kind)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{self.session_id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _touch(self) -> None:
+        self._last_activity = time.monotonic()
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop else time.monotonic()
