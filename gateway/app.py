@@ -1,0 +1,45 @@
+"""The FastAPI application: Twilio webhooks, the media websocket, the ops API, health."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway import api, media_socket, twilio_webhooks
+from gateway.runtime import GatewayRuntime
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> FastAPI:
+    runtime = runtime or GatewayRuntime.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warm_up = getattr(runtime.stt, "warm_up", None)
+        if warm_up is not None:
+            # Loading a recogniser takes a while; do it before the first caller waits for it.
+            await warm_up()
+        yield
+        for session in list(runtime.calls.live.values()):
+            await runtime.end_call(session, "shutdown")
+
+    app = FastAPI(title="voice-gateway", version="0.1.0", lifespan=lifespan)
+    app.state.runtime = runtime
+    app.include_router(twilio_webhooks.router)
+    app.include_router(media_socket.router)
+    app.include_router(api.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> dict[str, object]:
+        return {"status": "ready", "live_calls": len(runtime.calls.live)}
+
+    return app

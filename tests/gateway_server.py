@@ -1,0 +1,84 @@
+"""A real gateway (uvicorn, real sockets) on a free port, in a thread of the test process.
+
+Running in-process lets tests look at the live call registry and the server's event loop
+(no task left behind) while every byte still crosses a real TCP websocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.runtime import GatewayRuntime
+from infra.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningGateway:
+    def __init__(self, settings: Settings, runtime: GatewayRuntime) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.url = settings.public_url
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def call_in_loop(self, fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 10) -> T:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(timeout)
+
+
+@contextmanager
+def run_gateway(env: Mapping[str, str] | None = None) -> Iterator[RunningGateway]:
+    port = free_port()
+    settings = load_settings(
+        port=port,
+        env={"API_TOKEN": "test-api-token", **(env or {})},
+        dotenv_path=Path("/nonexistent/.env"),
+    )
+    runtime = GatewayRuntime.from_settings(settings)
+    app = create_app(settings, runtime)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            ws="websockets-sansio",
+            log_config=None,
+            lifespan="on",
+        )
+    )
+    gateway = RunningGateway(settings, runtime)
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        gateway.loop = loop
+        loop.run_until_complete(server.serve())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name=f"gateway-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.02)
+    try:
+        yield gateway
+    finally:
+        server.should_exit = True
+        thread.join(15)
