@@ -1,0 +1,99 @@
+"""Provider names to factories, so settings can pick providers by name.
+
+Adding a provider means adding one line to one of the tables below. Factories take keyword
+options (a voice, a sample rate) and build an instance; nothing heavy happens at import time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+
+from session.interfaces import STT, TTS, VAD, Agent, TurnDetector
+
+from .agent.demo import DemoAgent
+from .stt.pocketsphinx import PocketSphinxSTT
+from .tts.espeak import ESpeakTTS
+from .turn.heuristic import HeuristicTurnDetector
+from .vad.webrtc import WebRtcVad
+
+__all__ = [
+    "AGENT_PROVIDERS",
+    "DEFAULT_PROVIDERS",
+    "STT_PROVIDERS",
+    "TTS_PROVIDERS",
+    "TURN_PROVIDERS",
+    "VAD_PROVIDERS",
+    "UnknownProviderError",
+    "create_agent",
+    "create_stt",
+    "create_tts",
+    "create_turn_detector",
+    "create_vad",
+]
+
+VAD_PROVIDERS: Final[dict[str, Callable[..., VAD]]] = {"webrtc": WebRtcVad}
+STT_PROVIDERS: Final[dict[str, Callable[..., STT]]] = {"pocketsphinx": PocketSphinxSTT}
+TTS_PROVIDERS: Final[dict[str, Callable[..., TTS]]] = {"espeak": ESpeakTTS}
+AGENT_PROVIDERS: Final[dict[str, Callable[..., Agent]]] = {"demo": DemoAgent}
+TURN_PROVIDERS: Final[dict[str, Callable[..., TurnDetector]]] = {"heuristic": HeuristicTurnDetector}
+
+DEFAULT_PROVIDERS: Final[Mapping[str, str]] = {
+    "vad": "webrtc",
+    "stt": "pocketsphinx",
+    "tts": "espeak",
+    "agent": "demo",
+}
+
+
+class UnknownProviderError(ValueError):
+    def __init__(self, kind: str, name: str, known: Mapping[str, object]) -> None:
+        self.kind = kind
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown {kind} provider {name!r}; known {kind} providers: {', '.join(self.known)}"
+        )
+
+
+_T = TypeVar("_T")
+
+
+def _factory(kind: str, table: Mapping[str, Callable[..., _T]], name: str) -> Callable[..., _T]:
+    try:
+        return table[name]
+    except KeyError:
+        raise UnknownProviderError(kind, name, table) from None
+
+
+def create_vad(name: str, sample_rate: int, **options: Any) -> VAD:
+    """A fresh VAD: they keep per-call state, so each call gets its own."""
+    return _factory("vad", VAD_PROVIDERS, name)(sample_rate=sample_rate, **options)
+
+
+# STT instances hold no per-call state (streams do) and share expensive resources such as the
+# pocketsphinx decoder pool, so every call can use the same one.
+_stt_instances: dict[str, STT] = {}
+_stt_lock = threading.Lock()
+
+
+def create_stt(name: str) -> STT:
+    factory = _factory("stt", STT_PROVIDERS, name)
+    with _stt_lock:
+        if name not in _stt_instances:
+            _stt_instances[name] = factory()
+        return _stt_instances[name]
+
+
+def create_tts(name: str, **options: Any) -> TTS:
+    """Options are the provider's own (for espeak: `voice`, `rate_wpm`)."""
+    return _factory("tts", TTS_PROVIDERS, name)(**options)
+
+
+def create_agent(name: str, **options: Any) -> Agent:
+    return _factory("agent", AGENT_PROVIDERS, name)(**options)
+
+
+def create_turn_detector(name: str = "heuristic", **options: Any) -> TurnDetector:
+    return _factory("turn", TURN_PROVIDERS, name)(**options)
