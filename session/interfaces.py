@@ -99,7 +99,11 @@ AgentCallable = Callable[[AgentContext, str], Awaitable[AgentReply] | AsyncItera
 
 
 class AgentObject(Protocol):
-    async def respond(self, ctx: AgentContext, transcript: str) -> AgentReply: ...
+    """`respond` is a coroutine returning text or a stream, or an async generator itself."""
+
+    def respond(
+        self, ctx: AgentContext, transcript: str
+    ) -> Awaitable[AgentReply] | AsyncIterator[str]: ...
 
 
 Agent = AgentCallable | AgentObject

@@ -153,11 +153,8 @@ _b2a_base64 = binascii.b2a_base64
 # Parsing
 
 
-def parse_message(data: str | bytes) -> TwilioEvent:
-    """Parse one websocket text frame from Twilio into a typed event.
-
-    Raises TwilioProtocolError, and nothing else, for anything that is not a well-formed message.
-    """
+def load_json_object(data: str | bytes) -> dict[str, Any]:
+    """The frame as a JSON object, or INVALID_JSON: both directions start here."""
     try:
         msg = _loads(data)
     except _JSONDecodeError as exc:
@@ -169,6 +166,15 @@ def parse_message(data: str | bytes) -> TwilioEvent:
             ProtocolErrorKind.INVALID_JSON,
             f"message must be a JSON object, got {_json_type(msg)}",
         )
+    return msg
+
+
+def parse_message(data: str | bytes) -> TwilioEvent:
+    """Parse one websocket text frame from Twilio into a typed event.
+
+    Raises TwilioProtocolError, and nothing else, for anything that is not a well-formed message.
+    """
+    msg = load_json_object(data)
     event = msg.get("event")
     # Media is ~all of the traffic: test for it before any table lookup.
     if event == "media":

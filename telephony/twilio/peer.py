@@ -19,8 +19,8 @@ from telephony.twilio.messages import (
     ProtocolErrorKind,
     TwilioProtocolError,
     _bad_field,
-    _json_type,
     _preview,
+    load_json_object,
 )
 
 __all__ = [
@@ -158,17 +158,7 @@ def parse_gateway_message(data: str | bytes) -> GatewayMessage:
     Documented fields are required; extra ones are ignored, as Twilio would. Anything else raises
     TwilioProtocolError.
     """
-    try:
-        msg = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise TwilioProtocolError(
-            ProtocolErrorKind.INVALID_JSON, f"message is not valid JSON ({exc})"
-        ) from None
-    if type(msg) is not dict:
-        raise TwilioProtocolError(
-            ProtocolErrorKind.INVALID_JSON,
-            f"message must be a JSON object, got {_json_type(msg)}",
-        )
+    msg = load_json_object(data)
     event = msg.get("event")
     if event not in ("media", "mark", "clear"):
         if event is None:
