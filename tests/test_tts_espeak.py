@@ -169,5 +169,5 @@ async def test_failures_are_provider_errors(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(espeak, "_run", broken)
     with pytest.raises(ProviderError) as caught:
         await collect(ESpeakTTS(), SHORT)
-    assert caught.value.code == "tts_failed"
+    assert caught.value.code == "provider_error"
     assert caught.value.provider == "espeak"
