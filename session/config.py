@@ -23,6 +23,13 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "false_interruption_timeout": (0.0, 30.0),
     "dtmf_turn_timeout": (0.1, 30.0),
     "final_transcript_timeout": (0.1, 60.0),
+    "max_turn_duration": (1.0, 3600.0),
+    "max_chunk_duration": (0.5, 120.0),
+    "stt_replay_seconds": (0.0, 600.0),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "long_turn_policy": ("process", "interject"),
+    "on_provider_failure": ("apologise", "end"),
 }
 
 
@@ -34,6 +41,14 @@ class Config:
     `speech_end_silence` of silence; the recogniser is flushed then, and the turn ends once the
     caller has been silent for the endpointing delay (between `min_endpointing_delay` and
     `max_endpointing_delay`, chosen by the turn detector) and the final transcript is in.
+
+    Preemptive generation starts the agent as soon as the caller pauses with a final
+    transcript; the reply is used if the turn's transcript ends up the same. A turn longer
+    than `max_turn_duration` is cut: `long_turn_policy` "process" hands what was said so far
+    to the agent as a normal turn, "interject" makes that reply uninterruptible so the agent
+    can cut in. Recognisers that cannot stream get chunks of at most `max_chunk_duration`.
+    When a provider fails past its retries, `on_provider_failure` says whether the session
+    apologises and keeps listening or ends with the error.
     """
 
     session_id: str = ""
@@ -54,6 +69,12 @@ class Config:
     dtmf_turn_timeout: float = 1.0
     final_transcript_timeout: float = 5.0
     apology_text: str = "Sorry, I am having trouble right now. Please say that again."
+    preemptive_generation: bool = True
+    max_turn_duration: float = 120.0
+    long_turn_policy: str = "process"
+    max_chunk_duration: float = 10.0
+    stt_replay_seconds: float = 30.0
+    on_provider_failure: str = "apologise"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -66,6 +87,10 @@ class Config:
                 if (low is not None and value < low) or (high is not None and value > high):
                     bounds = f"[{low}, {'inf' if high is None else high}]"
                     raise _invalid(f.name, f"must be within {bounds}, got {value!r}")
+            elif f.name in _CHOICES:
+                if value not in _CHOICES[f.name]:
+                    allowed = " or ".join(repr(c) for c in _CHOICES[f.name])
+                    raise _invalid(f.name, f"must be {allowed}, got {value!r}")
             elif f.type in ("bool", bool) and not isinstance(value, bool):
                 raise _invalid(f.name, f"must be true or false, got {value!r}")
         if self.max_endpointing_delay < self.min_endpointing_delay:

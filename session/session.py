@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from session.audio import StreamingResampler
+from session.chunking import ChunkedSTTStream
 from session.config import Config
-from session.errors import ErrorCode, ProviderError, SessionError
+from session.errors import ErrorCode, ProviderError, SessionError, classify
 from session.interfaces import (
     STT,
     TTS,
@@ -35,14 +36,20 @@ from session.interfaces import (
     Transport,
     TurnDetector,
 )
+from session.preemptive import PreemptiveReply
 from session.speech import SayHandle, Segment
+from session.speech_tracker import SpeechEdge, SpeechTracker
 from session.state import SessionState, check_transition
-from session.text import SentenceSplitter
+from session.stt_replay import ReplayLog
+from session.telemetry import SessionTelemetry
+from session.text import SentenceSplitter, normalise_transcript
 
 log = logging.getLogger(__name__)
 
 S = SessionState
 StateCallback = Callable[[SessionState, SessionState], Any]
+TextSource = Callable[[], AsyncIterator[str]]
+_INACTIVE = (S.INITIAL, S.STARTING, S.PAUSED, S.ENDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +69,22 @@ class SessionMetrics:
     turns: int = 0
     replies: int = 0
     interruptions: int = 0
+    false_interruptions: int = 0
+    preemptive_hits: int = 0
+    preemptive_misses: int = 0
+    long_turns: int = 0
     agent_failures: int = 0
     tts_failures: int = 0
     stt_reconnects: int = 0
+    stt_replayed_bytes: int = 0
     reply_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+
+
+@dataclass(slots=True)
+class _Queued:
+    handle: SayHandle
+    source: TextSource
+    turn_end: float | None = None
 
 
 class _FixedTurnDetector:
@@ -88,13 +107,15 @@ class VoiceSession:
         metadata: dict[str, str] | None = None,
         on_state_changed: StateCallback | None = None,
         on_event: EventCallback | None = None,
+        telemetry: SessionTelemetry | None = None,
     ) -> None:
-        self.config = config or Config()
-        self.session_id = self.config.session_id
+        self.config = cfg = config or Config()
+        self.session_id = cfg.session_id
         self.metadata = dict(metadata or {})
         self.metrics = SessionMetrics()
         self.history: list[ChatMessage] = []
         self.end_reason: str | None = None
+        self.error: SessionError | None = None
         self._transport = transport
         self._stt = stt
         self._tts = tts
@@ -106,9 +127,9 @@ class VoiceSession:
         self._state_callbacks: list[StateCallback] = [on_state_changed] if on_state_changed else []
         self._event_callbacks: list[EventCallback] = [on_event] if on_event else []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.telemetry = telemetry or SessionTelemetry(clock=self._now)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping: asyncio.Future[None] | None = None
-        self._stt_stream: STTStream | None = None
 
         rate = transport.sample_rate
         self._rate = rate
@@ -117,37 +138,51 @@ class VoiceSession:
         self._nf_in = StreamingResampler(rate, noise_filter.sample_rate) if noise_filter else None
         self._nf_out = StreamingResampler(noise_filter.sample_rate, rate) if noise_filter else None
         self._frame_bytes = vad.frame_bytes
-        self._frame_seconds = vad.frame_bytes / (2 * vad.sample_rate)
         self._vad_buffer = bytearray()
-
-        # Caller speech tracking (VAD).
-        self._in_speech = False
-        self._voiced_run = 0.0
-        self._silence_run = 0.0
-        self._speech_voiced = 0.0
+        self._speech = SpeechTracker(
+            vad.frame_bytes / (2 * vad.sample_rate), cfg.min_speech_duration, cfg.speech_end_silence
+        )
         self._last_voiced_at = 0.0
         self._pre_roll: deque[bytes] = deque()
         self._pre_roll_bytes = 0
-        self._pre_roll_limit = int(self.config.pre_roll * rate) * 2
+        self._pre_roll_limit = int(cfg.pre_roll * rate) * 2
+
+        # Recognition.
+        self._stt_stream: STTStream | None = None
+        self._replay = ReplayLog(int(cfg.stt_replay_seconds * stt.sample_rate) * 2)
 
         # Turn assembly.
         self._turn_text: list[str] = []
         self._interim = ""
+        self._last_final_at = 0.0
         self._pending_finals = 0
         self._finals_deadline: asyncio.TimerHandle | None = None
         self._endpoint_timer: asyncio.TimerHandle | None = None
+        self._turn_started_at: float | None = None
+        self._forced_commit: str | None = None  # long-turn policy waiting for its final
         self._dtmf_digits = ""
         self._dtmf_timer: asyncio.TimerHandle | None = None
+        self._preemptive: PreemptiveReply | None = None
 
         # Speech output.
-        self._queue: deque[tuple[SayHandle, Callable[[], AsyncIterator[str]], float | None]] = (
-            deque()
-        )
+        self._queue: deque[_Queued] = deque()
         self._queue_wakeup = asyncio.Event()
         self._current: SayHandle | None = None
         self._current_task: asyncio.Task[None] | None = None
         self._marks: dict[str, tuple[SayHandle, Segment]] = {}
+        self._resume_timer: asyncio.TimerHandle | None = None
+        self._resume_text = ""
         self._last_activity = time.monotonic()
+
+        if cfg.auto_start:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise SessionError(
+                    ErrorCode.INVALID_CONFIG,
+                    "Config.auto_start needs the session to be created inside a running loop",
+                ) from None
+            self._auto_start = loop.create_task(self.start())
 
     # ----------------------------------------------------------------- public API
 
@@ -162,16 +197,26 @@ class VoiceSession:
         self._event_callbacks.append(callback)
 
     async def start(self) -> None:
+        if self._state is not S.INITIAL:
+            code = ErrorCode.SESSION_NOT_ACTIVE if self._state is S.ENDED else None
+            raise SessionError(
+                code or ErrorCode.SESSION_ALREADY_ACTIVE,
+                f"session {self.session_id} cannot start: it is {self._state.value}",
+            )
         self._set_state(S.STARTING)
         self._loop = asyncio.get_running_loop()
+        attributes = {f"call.{k}": v for k, v in self.metadata.items() if v}
+        self.telemetry.session_started(self.session_id, attributes)
         try:
             self._stt_stream = await self._with_retries(
-                self._stt.open_stream, ErrorCode.STT_FAILED, "opening the recogniser"
+                self._open_stt_stream, ErrorCode.STT_FAILED, "opening the recogniser"
             )
         except SessionError as exc:
-            self._emit("error", code=exc.code.value, message=exc.message)
+            self._report_error(exc, "stt")
+            self.error = exc
             self.end_reason = "error"
             self._set_state(S.ENDED)
+            self.telemetry.session_ended("error")
             raise
         self._spawn(self._stt_loop(), "stt")
         self._spawn(self._speech_loop(), "speech")
@@ -187,38 +232,13 @@ class VoiceSession:
             self._stopping = asyncio.ensure_future(self._shutdown(reason))
         await asyncio.shield(self._stopping)
 
-    async def _shutdown(self, reason: str) -> None:
-        self.end_reason = reason
-        self._set_state(S.ENDED)
-        for timer in (self._endpoint_timer, self._dtmf_timer, self._finals_deadline):
-            if timer:
-                timer.cancel()
-        for handle, _, _ in self._queue:
-            self._finish_speech(handle, interrupted=True)
-        self._queue.clear()
-        tasks = list(self._tasks)
-        if self._current_task:
-            tasks.append(self._current_task)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._current and not self._current.done:
-            self._finish_speech(self._current, interrupted=True)
-        if self._stt_stream is not None:
-            try:
-                await self._stt_stream.aclose()
-            except Exception:
-                log.exception("closing the recogniser stream failed")
-        try:
-            await self._transport.close()
-        except Exception:
-            log.exception("closing the transport failed")
-        self._emit("ended", reason=reason)
-
     def say(self, text: str, allow_interruptions: bool = True) -> SayHandle:
         """Queues `text` to be spoken; the handle resolves once the caller has heard it."""
         if self._state in (S.INITIAL, S.ENDED):
-            raise SessionError(ErrorCode.INVALID_STATE, f"cannot say() in state {self._state}")
+            raise SessionError(
+                ErrorCode.SESSION_NOT_ACTIVE,
+                f"cannot say() while the session is {self._state.value}",
+            )
 
         async def source() -> AsyncIterator[str]:
             yield text
@@ -229,12 +249,13 @@ class VoiceSession:
         """Stops listening and speaking until `resume()`; the current speech is interrupted."""
         self._set_state(S.PAUSED)
         self._reset_input()
+        self._cancel_resume()
         if self._current and not self._current.done:
             self._interrupt(self._current, "paused")
 
     def resume(self) -> None:
         if self._state is not S.PAUSED:
-            raise SessionError(ErrorCode.INVALID_STATE, f"cannot resume from {self._state}")
+            raise SessionError(ErrorCode.INVALID_STATE, f"cannot resume while {self._state.value}")
         self._set_state(S.LISTENING)
         self._touch()
         self._queue_wakeup.set()
@@ -243,16 +264,16 @@ class VoiceSession:
 
     def process_audio(self, pcm: bytes) -> None:
         """One chunk of caller audio at the transport's rate. Never blocks."""
-        state = self._state
-        if state is S.ENDED or state is S.PAUSED or state is S.INITIAL or state is S.STARTING:
+        if self._state in _INACTIVE:
             return
+        self.telemetry.audio_processed()
         if self._noise_filter is not None:
             assert self._nf_in is not None and self._nf_out is not None
             pcm = self._nf_out.process(self._noise_filter.process(self._nf_in.process(pcm)))
         vad_pcm = self._to_vad.process(pcm)
         fb = self._frame_bytes
         buf = self._vad_buffer
-        was_in_speech = self._in_speech
+        was_in_speech = self._speech.in_speech
         if not buf and len(vad_pcm) == fb:
             self._on_frame(self._vad.is_speech(vad_pcm))
         else:
@@ -261,10 +282,16 @@ class VoiceSession:
                 frame = bytes(buf[:fb])
                 del buf[:fb]
                 self._on_frame(self._vad.is_speech(frame))
-        if self._in_speech or was_in_speech:
-            if self._in_speech and not was_in_speech:
-                self._push_pre_roll()
+        in_speech = self._speech.in_speech
+        if in_speech or was_in_speech:
+            if in_speech and not was_in_speech:
+                for chunk in self._pre_roll:
+                    self._push_stt(chunk)
+                self._pre_roll.clear()
+                self._pre_roll_bytes = 0
             self._push_stt(pcm)
+            if was_in_speech and not in_speech:
+                self._end_of_speech()
         else:
             self._pre_roll.append(pcm)
             self._pre_roll_bytes += len(pcm)
@@ -272,9 +299,10 @@ class VoiceSession:
                 self._pre_roll_bytes -= len(self._pre_roll.popleft())
 
     def handle_dtmf(self, digit: str) -> None:
-        if self._state in (S.ENDED, S.PAUSED, S.INITIAL, S.STARTING):
+        if self._state in _INACTIVE:
             return
         self._touch()
+        self._cancel_resume()
         self._emit("dtmf", digit=digit)
         if self._current and self._current.allow_interruptions and not self._current.done:
             self._interrupt(self._current, "dtmf")
@@ -307,30 +335,26 @@ class VoiceSession:
     # --------------------------------------------------------------- caller input
 
     def _on_frame(self, voiced: bool) -> None:
-        dur = self._frame_seconds
-        if not self._in_speech:
-            if voiced:
-                self._voiced_run += dur
-                if self._voiced_run >= self.config.min_speech_duration:
-                    self._start_of_speech()
-            else:
-                self._voiced_run = 0.0
-            return
-        if voiced:
-            self._silence_run = 0.0
-            self._speech_voiced += dur
-            self._last_voiced_at = self._now()
+        edge = self._speech.update(voiced)
+        if edge is SpeechEdge.START:
+            self._start_of_speech()
+        elif voiced and self._speech.in_speech:
+            now = self._now()
+            self._last_voiced_at = now
             self._maybe_interrupt()
-        else:
-            self._silence_run += dur
-            if self._silence_run >= self.config.speech_end_silence:
-                self._end_of_speech()
+            if (
+                self._turn_started_at is not None
+                and self._forced_commit is None
+                and now - self._turn_started_at >= self.config.max_turn_duration
+            ):
+                self._cut_long_turn()
+        # SpeechEdge.END is handled once the chunk's audio has reached the recogniser.
 
     def _start_of_speech(self) -> None:
-        self._in_speech = True
-        self._speech_voiced = self._voiced_run
-        self._silence_run = 0.0
-        self._last_voiced_at = self._now()
+        now = self._now()
+        self._last_voiced_at = now
+        if self._turn_started_at is None:
+            self._turn_started_at = now
         if self._endpoint_timer:
             self._endpoint_timer.cancel()
             self._endpoint_timer = None
@@ -340,31 +364,28 @@ class VoiceSession:
         self._maybe_interrupt()
 
     def _end_of_speech(self) -> None:
-        self._in_speech = False
-        self._voiced_run = 0.0
-        self._silence_run = 0.0
-        if self._stt_stream is not None:
-            self._stt_stream.flush()
-            self._pending_finals += 1
-            self._arm_finals_deadline()
-        self._emit("user_speech_ended", voiced_seconds=round(self._speech_voiced, 3))
+        self._flush_stt()
+        self._emit("user_speech_ended", voiced_seconds=round(self._speech.voiced, 3))
         self._check_endpoint()
 
-    def _push_pre_roll(self) -> None:
-        for chunk in self._pre_roll:
-            self._push_stt(chunk)
-        self._pre_roll.clear()
-        self._pre_roll_bytes = 0
-
     def _push_stt(self, pcm: bytes) -> None:
+        data = self._to_stt.process(pcm)
+        self._replay.audio(data)
         if self._stt_stream is not None:
-            self._stt_stream.push_audio(self._to_stt.process(pcm))
+            self._stt_stream.push_audio(data)
+
+    def _flush_stt(self) -> None:
+        self._replay.flush()
+        self._pending_finals += 1
+        self._arm_finals_deadline()
+        if self._stt_stream is not None:
+            self._stt_stream.flush()
 
     def _reset_input(self) -> None:
-        self._in_speech = False
-        self._voiced_run = self._silence_run = 0.0
+        self._speech.reset()
         self._turn_text.clear()
         self._interim = ""
+        self._turn_started_at = None
         self._vad_buffer.clear()
         if self._endpoint_timer:
             self._endpoint_timer.cancel()
@@ -374,22 +395,35 @@ class VoiceSession:
         handle = self._current
         if handle is None or handle.done or not handle.allow_interruptions:
             return
-        if self._speech_voiced < self.config.min_interruption_duration:
+        if self._speech.voiced < self.config.min_interruption_duration:
             return
         words = self.config.min_interruption_words
         if words and len((" ".join(self._turn_text) + " " + self._interim).split()) < words:
             return
         self._interrupt(handle, "barge_in")
 
+    def _cut_long_turn(self) -> None:
+        """The caller has talked past max_turn_duration: take what was said so far."""
+        policy = self.config.long_turn_policy
+        self.metrics.long_turns += 1
+        self._forced_commit = policy
+        self._emit("long_turn", policy=policy)
+        self._flush_stt()  # the rest of the speech starts a new recogniser segment
+        self._speech.voiced = 0.0  # and only speech after the cut can interrupt the reply
+
     # ----------------------------------------------------------------- turn taking
 
     def _on_transcript(self, event: TranscriptEvent) -> None:
         self._emit("transcript", text=event.text, is_final=event.is_final)
+        if event.text.strip():
+            self._cancel_resume()  # words followed the interruption: it was real
         if not event.is_final:
             self._interim = event.text
-            if self._in_speech:
+            if self._speech.in_speech:
                 self._maybe_interrupt()
             return
+        self._replay.final_received()
+        self._last_final_at = self._now()
         self._interim = ""
         self._pending_finals = max(0, self._pending_finals - 1)
         if self._pending_finals == 0 and self._finals_deadline:
@@ -410,10 +444,8 @@ class VoiceSession:
     def _finals_overdue(self) -> None:
         self._finals_deadline = None
         if self._pending_finals:
-            self._emit(
-                "error",
-                code=ErrorCode.STT_FAILED.value,
-                message="the recogniser gave no final transcript in time",
+            self._report_error(
+                SessionError(ErrorCode.TIMEOUT, "the recogniser gave no final transcript in time")
             )
             self._pending_finals = 0
             self._check_endpoint()
@@ -422,22 +454,37 @@ class VoiceSession:
         if self._endpoint_timer:
             self._endpoint_timer.cancel()
             self._endpoint_timer = None
-        if self._in_speech or self._pending_finals or self._state in (S.ENDED, S.PAUSED):
+        if self._pending_finals or self._state in (S.ENDED, S.PAUSED):
             return
         text = " ".join(self._turn_text)
+        if self._forced_commit is not None:
+            policy, self._forced_commit = self._forced_commit, None
+            self._take_turn_text()
+            if text:
+                self._commit_turn(text, "", interruptible=policy != "interject")
+            return
+        if self._speech.in_speech:
+            return
         cfg = self.config
         delay = self._turn_detector.endpointing_delay(
             text, cfg.min_endpointing_delay, cfg.max_endpointing_delay
         )
         due = self._last_voiced_at + delay
-        now = self._now()
-        if now < due:
+        if self._now() < due:
             assert self._loop is not None
             self._endpoint_timer = self._loop.call_at(due, self._check_endpoint)
+            if text and cfg.preemptive_generation:
+                self._start_preemptive(text)
             return
-        self._turn_text.clear()
+        self._take_turn_text()
         if text:
             self._commit_turn(text, "")
+        else:
+            self._drop_preemptive(hit=False)
+
+    def _take_turn_text(self) -> None:
+        self._turn_text.clear()
+        self._turn_started_at = self._now() if self._speech.in_speech else None
 
     def _commit_dtmf(self) -> None:
         if self._dtmf_timer:
@@ -447,28 +494,71 @@ class VoiceSession:
         if digits and self._state not in (S.ENDED, S.PAUSED):
             self._commit_turn("", digits)
 
-    def _commit_turn(self, text: str, dtmf: str) -> None:
-        self.metrics.turns += 1
-        self._emit("user_turn", text=text, dtmf=dtmf)
-        ctx = AgentContext(
+    def _context(self, dtmf: str) -> AgentContext:
+        return AgentContext(
             session_id=self.session_id,
             metadata=self.metadata,
             history=list(self.history),
             dtmf=dtmf,
         )
+
+    def _start_preemptive(self, text: str) -> None:
+        key = normalise_transcript(text)
+        if self._preemptive is not None:
+            if self._preemptive.key == key:
+                return
+            self._drop_preemptive(hit=False)
+        reply = PreemptiveReply(key, self._context(""))
+        reply.task = self._spawn(reply.collect(self._agent_reply(reply.ctx, text)), "preemptive")
+        self._preemptive = reply
+        self._emit("preemptive_started", text=text)
+
+    def _drop_preemptive(self, *, hit: bool) -> None:
+        reply, self._preemptive = self._preemptive, None
+        if reply is None:
+            return
+        if hit:
+            self.metrics.preemptive_hits += 1
+        else:
+            self.metrics.preemptive_misses += 1
+            reply.cancel()
+
+    def _commit_turn(self, text: str, dtmf: str, *, interruptible: bool = True) -> None:
+        self.metrics.turns += 1
+        self._cancel_resume()
+        self._emit("user_turn", text=text, dtmf=dtmf)
+        tel = self.telemetry
+        tel.turn_started(f"{self.session_id}.{self.metrics.turns}")
+        if text:
+            tel.turn_mark("end_of_speech", self._last_voiced_at)
+            tel.turn_mark("final_transcript", self._last_final_at)
+        preemptive = self._preemptive
+        if text and preemptive is not None and preemptive.key == normalise_transcript(text):
+            self._drop_preemptive(hit=True)
+
+            async def source() -> AsyncIterator[str]:
+                try:
+                    async for piece in preemptive.stream():
+                        yield piece
+                finally:
+                    preemptive.cancel()
+
+        else:
+            self._drop_preemptive(hit=False)
+            ctx = self._context(dtmf)
+
+            async def source() -> AsyncIterator[str]:
+                async for piece in self._agent_reply(ctx, text):
+                    yield piece
+
         self.history.append(ChatMessage("user", text if text else f"[keypad] {dtmf}"))
         # A new turn replaces any reply still waiting in the queue: it answered older input.
-        for handle, _, _ in self._queue:
-            if handle.source == "reply":
-                self._finish_speech(handle, interrupted=True)
-        self._queue = deque(item for item in self._queue if item[0].source != "reply")
-
-        async def source() -> AsyncIterator[str]:
-            async for piece in self._agent_reply(ctx, text):
-                yield piece
-
+        for item in self._queue:
+            if item.handle.source in ("reply", "resume"):
+                self._finish_speech(item.handle, interrupted=True)
+        self._queue = deque(i for i in self._queue if i.handle.source not in ("reply", "resume"))
         turn_end = self._last_voiced_at if text else self._now()
-        self._enqueue(source, allow_interruptions=True, kind="reply", turn_end=turn_end)
+        self._enqueue(source, allow_interruptions=interruptible, kind="reply", turn_end=turn_end)
         if self._state is S.LISTENING:
             self._set_state(S.PROCESSING)
 
@@ -477,6 +567,7 @@ class VoiceSession:
         attempt = 0
         while True:
             produced = False
+            call = self.telemetry.start_provider_span("agent", self._agent_name)
             try:
                 agent = self._agent
                 respond = agent.respond if hasattr(agent, "respond") else agent
@@ -484,32 +575,35 @@ class VoiceSession:
                 if inspect.isawaitable(result):
                     result = await result
                 if isinstance(result, str):
-                    if result:
-                        produced = True
-                        yield result
-                    return
+                    result = _once(result)
                 async for piece in result:
                     if piece:
                         produced = True
                         yield piece
+                call.end()
                 return
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit) as exc:
+                call.end(exc)
                 raise
             except Exception as exc:
+                call.end(exc)
                 self.metrics.agent_failures += 1
-                self._emit("error", code=ErrorCode.AGENT_FAILED.value, message=str(exc))
-                if produced or attempt >= self.config.max_retries:
-                    if not produced:
+                error = classify(exc, ErrorCode.AGENT_ERROR)
+                self._report_error(error, "agent")
+                if produced:
+                    return
+                if not error.retryable or attempt >= self.config.max_retries:
+                    if self._provider_failed(error):
                         yield self.config.apology_text
                     return
-                await asyncio.sleep(self.config.retry_delay * (2**attempt))
+                await asyncio.sleep(self._backoff(attempt, error))
                 attempt += 1
 
     # ----------------------------------------------------------------- speech out
 
     def _enqueue(
         self,
-        source: Callable[[], AsyncIterator[str]],
+        source: TextSource,
         *,
         allow_interruptions: bool,
         kind: str,
@@ -520,7 +614,7 @@ class VoiceSession:
             source=kind,
             cancel_hook=self._cancel_handle,
         )
-        self._queue.append((handle, source, turn_end))
+        self._queue.append(_Queued(handle, source, turn_end))
         self._queue_wakeup.set()
         return handle
 
@@ -528,7 +622,7 @@ class VoiceSession:
         if handle is self._current:
             self._interrupt(handle, "cancelled")
             return
-        self._queue = deque(item for item in self._queue if item[0] is not handle)
+        self._queue = deque(item for item in self._queue if item.handle is not handle)
         self._finish_speech(handle, interrupted=True)
 
     async def _speech_loop(self) -> None:
@@ -536,17 +630,18 @@ class VoiceSession:
             while not self._queue or self._state is S.PAUSED:
                 self._queue_wakeup.clear()
                 await self._queue_wakeup.wait()
-            handle, source, turn_end = self._queue.popleft()
+            item = self._queue.popleft()
+            handle = item.handle
             if handle.done:
                 continue
             self._current = handle
-            task = asyncio.create_task(self._play(handle, source, turn_end))
+            task = asyncio.create_task(self._play(item))
             self._current_task = task
             # asyncio.wait does not raise when `task` is cancelled by an interruption.
             await asyncio.wait({task})
             if not task.cancelled() and (exc := task.exception()) is not None:
                 log.error("speech %s failed", handle.id, exc_info=exc)
-                self._emit("error", code=ErrorCode.TRANSPORT_FAILED.value, message=str(exc))
+                self._report_error(classify(exc, ErrorCode.TRANSPORT_ERROR), "transport")
             self._current_task = None
             self._current = None
             if not handle.done:
@@ -554,23 +649,25 @@ class VoiceSession:
             if not self._queue and self._state in (S.SPEAKING, S.PROCESSING):
                 self._set_state(S.LISTENING)
 
-    async def _play(
-        self,
-        handle: SayHandle,
-        source: Callable[[], AsyncIterator[str]],
-        turn_end: float | None,
-    ) -> None:
+    async def _play(self, item: _Queued) -> None:
+        handle = item.handle
         if handle.source == "reply" and self._state is S.SPEAKING:
             self._set_state(S.PROCESSING)
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
 
         async def produce() -> None:
             splitter = SentenceSplitter()
+            first = handle.source == "reply"
             try:
-                async for piece in source():
+                async for piece in item.source():
+                    if first:
+                        first = False
+                        self.telemetry.turn_mark("first_agent_text", self._now())
                     for sentence in splitter.push(piece):
+                        handle.pending.append(sentence)
                         sentences.put_nowait(sentence)
                 for sentence in splitter.flush():
+                    handle.pending.append(sentence)
                     sentences.put_nowait(sentence)
             finally:
                 sentences.put_nowait(None)
@@ -578,7 +675,8 @@ class VoiceSession:
         async def speak() -> None:
             resampler = StreamingResampler(self._tts.sample_rate, self._rate)
             while (sentence := await sentences.get()) is not None:
-                sent_audio = await self._speak_sentence(handle, sentence, resampler, turn_end)
+                sent_audio = await self._speak_sentence(handle, sentence, resampler, item.turn_end)
+                handle.pending.popleft()
                 if not sent_audio:
                     continue
                 segment = Segment(mark=f"{handle.id}.{len(handle.segments)}", text=sentence)
@@ -611,6 +709,7 @@ class VoiceSession:
         attempt = 0
         while True:
             sent = False
+            call = self.telemetry.start_provider_span("tts", self._tts.name)
             try:
                 async for chunk in self._tts.synthesize(sentence):
                     pcm = resampler.process(chunk)
@@ -622,22 +721,31 @@ class VoiceSession:
                     await self._transport.send_audio(pcm)
                     sent = True
                     self._touch()
+                call.end()
                 return sent
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
+                call.end(exc)
                 raise
             except Exception as exc:
+                call.end(exc)
                 self.metrics.tts_failures += 1
-                self._emit("error", code=ErrorCode.TTS_FAILED.value, message=str(exc))
+                error = classify(exc, ErrorCode.PROVIDER_ERROR)
+                self._report_error(error, "tts")
                 # Resending a half-spoken sentence would repeat words: skip the rest.
-                if sent or attempt >= self.config.max_retries:
+                if sent:
                     return sent
-                await asyncio.sleep(self.config.retry_delay * (2**attempt))
+                if not error.retryable or attempt >= self.config.max_retries:
+                    self._provider_failed(error)
+                    return False
+                await asyncio.sleep(self._backoff(attempt, error))
                 attempt += 1
 
     def _on_first_audio(self, handle: SayHandle, turn_end: float | None) -> None:
         if self._state in (S.LISTENING, S.PROCESSING):
             self._set_state(S.SPEAKING)
         data: dict[str, Any] = {"speech_id": handle.id, "source": handle.source}
+        if handle.source == "reply":
+            self.telemetry.turn_mark("first_audio_out", self._now())
         if turn_end is not None:
             latency = self._now() - turn_end
             self.metrics.reply_latencies.append(latency)
@@ -649,11 +757,49 @@ class VoiceSession:
             return
         self.metrics.interruptions += 1
         self._emit("interrupted", speech_id=handle.id, reason=reason)
+        unplayed = [s.text for s in handle.segments if not s.played] + list(handle.pending)
         self._finish_speech(handle, interrupted=True)
         if handle is self._current and self._current_task is not None:
             self._current_task.cancel()
         if self._state is S.SPEAKING and not self._queue:
             self._set_state(S.LISTENING)
+        if reason == "barge_in" and unplayed and self.config.false_interruption_timeout > 0:
+            self._arm_resume(" ".join(unplayed))
+
+    # A barge-in that no words follow (a cough, a door) was not meant: say the rest.
+
+    def _arm_resume(self, text: str) -> None:
+        self._cancel_resume()
+        self._resume_text = text
+        assert self._loop is not None
+        self._resume_timer = self._loop.call_later(
+            self.config.false_interruption_timeout, self._resume_if_false
+        )
+
+    def _cancel_resume(self) -> None:
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+
+    def _resume_if_false(self) -> None:
+        self._resume_timer = None
+        if self._state in _INACTIVE:
+            return
+        if self._speech.in_speech or self._pending_finals:
+            # Still listening to the interruption: decide once its transcript is in.
+            assert self._loop is not None
+            self._resume_timer = self._loop.call_later(0.2, self._resume_if_false)
+            return
+        if self._turn_text or self._current is not None or self._queue:
+            return
+        text = self._resume_text
+        self.metrics.false_interruptions += 1
+        self._emit("false_interruption", resumed_text=text)
+
+        async def source() -> AsyncIterator[str]:
+            yield text
+
+        self._enqueue(source, allow_interruptions=True, kind="resume")
 
     def _finish_speech(self, handle: SayHandle, *, interrupted: bool) -> None:
         if handle.done:
@@ -661,6 +807,8 @@ class VoiceSession:
         handle._finish(interrupted=interrupted)
         if handle.source == "reply":
             self.metrics.replies += 1
+            self.telemetry.response_generated()
+            self.telemetry.turn_ended(interrupted)
         heard = handle.heard_text
         if heard:
             self.history.append(ChatMessage("assistant", heard))
@@ -672,30 +820,101 @@ class VoiceSession:
             text=handle.text,
         )
 
-    # ------------------------------------------------------------------ plumbing
+    # ---------------------------------------------------------------- recogniser
+
+    async def _open_stt_stream(self) -> STTStream:
+        if getattr(self._stt, "streaming", True) is False:
+            return ChunkedSTTStream(self._stt, self.config.max_chunk_duration)  # type: ignore[arg-type]
+        with self.telemetry.provider_call("stt", self._stt.name):
+            return await self._stt.open_stream()
 
     async def _stt_loop(self) -> None:
         failures = 0
         while True:
             stream = self._stt_stream
-            assert stream is not None
             try:
+                if stream is None:
+                    stream = await self._open_stt_stream()
+                    self._stt_stream = stream
+                    self.metrics.stt_reconnects += 1
+                    self.metrics.stt_replayed_bytes += self._replay.replay(stream)
+                    self._emit("stt_reconnected", replayed_bytes=self._replay.pending_bytes)
                 async for event in stream:
                     failures = 0
                     self._on_transcript(event)
-                return
+                if self._state is S.ENDED:
+                    return
+                raise ProviderError(
+                    ErrorCode.STT_FAILED, self._stt.name, "the stream ended unexpectedly"
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures += 1
-                self._emit("error", code=ErrorCode.STT_FAILED.value, message=str(exc))
-                if failures > self.config.max_retries:
-                    await self.stop("error")
-                    return
-                await asyncio.sleep(self.config.retry_delay * (2 ** (failures - 1)))
-                self.metrics.stt_reconnects += 1
-                self._stt_stream = await self._stt.open_stream()
-                self._pending_finals = 0
+                error = classify(exc, ErrorCode.PROVIDER_ERROR)
+                self._report_error(error, "stt")
+                # Audio keeps arriving meanwhile: it goes to the replay log only.
+                self._stt_stream = None
+                if stream is not None:
+                    await self._close_quietly(stream)
+                if not error.retryable or failures > self.config.max_retries:
+                    if not self._provider_failed(error):
+                        return
+                    failures = 0  # keep listening: try again, with the longest backoff
+                    await asyncio.sleep(self._backoff(self.config.max_retries, error))
+                    continue
+                await asyncio.sleep(self._backoff(failures - 1, error))
+
+    async def _close_quietly(self, stream: STTStream) -> None:
+        try:
+            await stream.aclose()
+        except Exception:
+            log.debug("closing a failed recogniser stream raised", exc_info=True)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _provider_failed(self, error: SessionError) -> bool:
+        """Retries are spent. True: carry on (apologise); False: the session is ending."""
+        if self.config.on_provider_failure == "end":
+            self.error = error
+            if self._state is not S.ENDED:
+                self._spawn(self.stop("error"), "stop")
+            return False
+        return True
+
+    async def _shutdown(self, reason: str) -> None:
+        self.end_reason = reason
+        self._set_state(S.ENDED)
+        for timer in (
+            self._endpoint_timer,
+            self._dtmf_timer,
+            self._finals_deadline,
+            self._resume_timer,
+        ):
+            if timer:
+                timer.cancel()
+        for item in self._queue:
+            self._finish_speech(item.handle, interrupted=True)
+        self._queue.clear()
+        tasks = list(self._tasks)
+        if self._current_task:
+            tasks.append(self._current_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._current and not self._current.done:
+            self._finish_speech(self._current, interrupted=True)
+        if self._stt_stream is not None:
+            try:
+                await self._stt_stream.aclose()
+            except Exception:
+                log.exception("closing the recogniser stream failed")
+        try:
+            await self._transport.close()
+        except Exception:
+            log.exception("closing the transport failed")
+        self._emit("ended", reason=reason)
+        self.telemetry.session_ended(reason)
 
     async def _watchdog(self) -> None:
         cfg = self.config
@@ -705,18 +924,29 @@ class VoiceSession:
             await asyncio.sleep(tick)
             now = time.monotonic()
             if self._current is None and now - self._last_activity > cfg.timeout:
+                self.error = SessionError(
+                    ErrorCode.TIMEOUT, f"no activity for {cfg.timeout:g} s", retryable=False
+                )
                 await self.stop("timeout")
                 return
             if cfg.enable_keep_alive and now >= next_keep_alive:
                 next_keep_alive = now + cfg.keep_alive_interval
-                for part in (self._stt_stream, self._transport):
-                    keep_alive = getattr(part, "keep_alive", None)
-                    if keep_alive is not None:
-                        try:
-                            await keep_alive()
-                        except Exception as exc:
-                            log.warning("keep-alive failed: %s", exc)
-                self._emit("keep_alive")
+                await self._keep_alive()
+
+    async def _keep_alive(self) -> None:
+        """Providers and the transport that idle out get a keep-alive; observers a beat."""
+        parts = (self._stt_stream, self._tts, self._agent, self._transport)
+        for part in parts:
+            keep_alive = getattr(part, "keep_alive", None)
+            if keep_alive is None:
+                continue
+            try:
+                result = keep_alive()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                log.warning("keep-alive of %s failed: %s", type(part).__name__, exc)
+        self._emit("keep_alive")
 
     async def _with_retries(self, call: Callable[[], Any], code: ErrorCode, what: str) -> Any:
         attempt = 0
@@ -724,13 +954,29 @@ class VoiceSession:
             try:
                 return await call()
             except Exception as exc:
-                retryable = not isinstance(exc, SessionError) or exc.retryable
-                if not retryable or attempt >= self.config.max_retries:
-                    if isinstance(exc, SessionError):
+                error = classify(exc, code)
+                if not error.retryable or attempt >= self.config.max_retries:
+                    if error is exc:
                         raise
-                    raise ProviderError(code, type(exc).__name__, f"{what}: {exc}") from exc
-                await asyncio.sleep(self.config.retry_delay * (2**attempt))
+                    raise SessionError(
+                        error.code, f"{what}: {error.message}", retryable=error.retryable
+                    ) from exc
+                await asyncio.sleep(self._backoff(attempt, error))
                 attempt += 1
+
+    def _backoff(self, attempt: int, error: SessionError) -> float:
+        delay = self.config.retry_delay * (2**attempt)
+        return max(delay, error.retry_after or 0.0)
+
+    def _report_error(self, error: SessionError, source: str = "session") -> None:
+        self.telemetry.error(error.code.value)
+        self._emit(
+            "error",
+            code=error.code.value,
+            message=error.message,
+            source=source,
+            retryable=error.retryable,
+        )
 
     def _set_state(self, new: SessionState) -> None:
         old = self._state
@@ -774,3 +1020,11 @@ class VoiceSession:
 
     def _now(self) -> float:
         return self._loop.time() if self._loop else time.monotonic()
+
+    @property
+    def _agent_name(self) -> str:
+        return str(getattr(self._agent, "name", None) or getattr(self._agent, "__name__", "agent"))
+
+
+async def _once(text: str) -> AsyncIterator[str]:
+    yield text

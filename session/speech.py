@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class SayHandle:
         self.allow_interruptions = allow_interruptions
         self.source = source  # "say", "reply" or "apology"
         self.segments: list[Segment] = []
+        self.pending: deque[str] = deque()  # sentences generated but not yet sent as audio
         self.interrupted = False
         self.generation_done = False
         self.audio_started = False

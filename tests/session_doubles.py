@@ -45,40 +45,80 @@ class LevelVAD:
 
 
 class ScriptedSTT:
-    """Emits the next scripted final transcript at each flush."""
+    """Emits the next scripted final transcript at each flush.
+
+    `fail_after_bytes` makes the first stream fail once it has received that much audio, like
+    a recogniser connection dropping mid-call.
+    """
 
     name = "scripted"
     sample_rate = RATE
 
-    def __init__(self, finals: list[str]) -> None:
+    def __init__(self, finals: list[str], fail_after_bytes: int | None = None) -> None:
         self.finals = list(finals)
         self.pushed = 0
+        self.fail_after_bytes = fail_after_bytes
+        self.streams: list[ScriptedStream] = []
 
     async def open_stream(self) -> ScriptedStream:
-        return ScriptedStream(self)
+        stream = ScriptedStream(self, self.fail_after_bytes if not self.streams else None)
+        self.streams.append(stream)
+        return stream
 
 
 class ScriptedStream:
-    def __init__(self, stt: ScriptedSTT) -> None:
+    def __init__(self, stt: ScriptedSTT, fail_after_bytes: int | None) -> None:
         self._stt = stt
-        self._queue: asyncio.Queue[TranscriptEvent | None] = asyncio.Queue()
+        self._fail_after = fail_after_bytes
+        self.received = 0
+        self.keep_alives = 0
+        self._queue: asyncio.Queue[TranscriptEvent | Exception | None] = asyncio.Queue()
 
     def push_audio(self, pcm: bytes) -> None:
         self._stt.pushed += len(pcm)
+        self.received += len(pcm)
+        if self._fail_after is not None and self.received >= self._fail_after:
+            self._fail_after = None
+            self._queue.put_nowait(ConnectionError("recogniser connection dropped"))
 
     def flush(self) -> None:
         text = self._stt.finals.pop(0) if self._stt.finals else ""
         self._queue.put_nowait(TranscriptEvent(text, is_final=True))
+
+    def interim(self, text: str) -> None:
+        self._queue.put_nowait(TranscriptEvent(text, is_final=False))
+
+    def keep_alive(self) -> None:
+        self.keep_alives += 1
 
     def __aiter__(self) -> AsyncIterator[TranscriptEvent]:
         return self._events()
 
     async def _events(self) -> AsyncIterator[TranscriptEvent]:
         while (event := await self._queue.get()) is not None:
+            if isinstance(event, Exception):
+                raise event
             yield event
 
     async def aclose(self) -> None:
         self._queue.put_nowait(None)
+
+
+class ClipSTT:
+    """A recogniser that only takes whole clips: one scripted text per clip."""
+
+    name = "clips"
+    sample_rate = RATE
+    streaming = False
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = list(texts)
+        self.clips: list[int] = []
+
+    async def transcribe(self, pcm: bytes) -> str:
+        self.clips.append(len(pcm))
+        await asyncio.sleep(0)
+        return self.texts.pop(0) if self.texts else ""
 
 
 class ToneTTS:
@@ -111,6 +151,7 @@ class MemoryTransport:
         self.pending_marks: list[str] = []
         self.listener = None
         self.closed = False
+        self.keep_alives = 0
 
     @property
     def audio_bytes(self) -> int:
@@ -131,6 +172,9 @@ class MemoryTransport:
 
     async def close(self) -> None:
         self.closed = True
+
+    async def keep_alive(self) -> None:
+        self.keep_alives += 1
 
     def play_all(self) -> None:
         marks, self.pending_marks = self.pending_marks, []

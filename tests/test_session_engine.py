@@ -100,17 +100,28 @@ def test_config_rejects_bad_values_naming_the_field() -> None:
     assert Config().session_id and Config(session_id="abc").session_id == "abc"
 
 
-async def test_say_before_start_and_resume_when_not_paused_are_invalid() -> None:
+async def test_lifecycle_misuse_raises_typed_errors() -> None:
     session, _, _ = make_session()
     with pytest.raises(SessionError) as info:
         session.say("hi")
-    assert info.value.code is ErrorCode.INVALID_STATE
+    assert info.value.code is ErrorCode.SESSION_NOT_ACTIVE
     await session.start()
-    with pytest.raises(SessionError):
+    with pytest.raises(SessionError) as info:
+        await session.start()
+    assert info.value.code is ErrorCode.SESSION_ALREADY_ACTIVE
+    with pytest.raises(SessionError) as info:
         session.resume()
+    assert info.value.code is ErrorCode.INVALID_STATE
     await session.stop()
-    with pytest.raises(SessionError):
+    with pytest.raises(SessionError) as info:
         session.say("hi")
+    assert info.value.code is ErrorCode.SESSION_NOT_ACTIVE
+    with pytest.raises(SessionError) as info:
+        await session.start()
+    assert info.value.code is ErrorCode.SESSION_NOT_ACTIVE
+    with pytest.raises(SessionError) as info:
+        session.pause()
+    assert info.value.code is ErrorCode.INVALID_STATE
 
 
 async def test_a_turn_runs_listen_process_speak_listen_and_waits_for_playout() -> None:
@@ -231,7 +242,7 @@ async def test_agent_failure_is_retried_then_apologised_for() -> None:
     await wait_for(lambda: len(rec.kinds("agent_text")) == 2)
     assert calls == FAST.max_retries + 1
     assert " ".join(e["text"] for e in rec.kinds("agent_text")) == FAST.apology_text
-    assert {e["code"] for e in rec.kinds("error")} == {"agent_failed"}
+    assert {e["code"] for e in rec.kinds("error")} == {"agent_error"}
     await session.stop()
 
 
