@@ -20,7 +20,7 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        warm_up = getattr(runtime.stt, "warm_up", None)
+        warm_up = getattr(runtime.providers.stt, "warm_up", None)
         if warm_up is not None:
             # Loading a recogniser takes a while; do it before the first caller waits for it.
             await warm_up()

@@ -24,11 +24,13 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.provider_wiring import ProviderConfigError
     from providers.registry import UnknownProviderError
+    from session.errors import SessionError
 
     try:
         app = create_app(settings)
-    except UnknownProviderError as exc:
+    except (UnknownProviderError, ProviderConfigError, SessionError) as exc:
         print(f"voice-gateway: invalid setting: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from gateway.calls import CallRegistry
+from gateway.provider_wiring import ProviderSet, build_providers
 from infra.settings import Settings
-from providers import registry as providers
 from session.config import Config
 from session.session import VoiceSession
 from telephony.twilio.messages import Start
@@ -24,25 +23,17 @@ DEFAULT_GREETING = "Hello! How can I help?"
 @dataclass
 class GatewayRuntime:
     settings: Settings
+    providers: ProviderSet
     calls: CallRegistry = field(default_factory=CallRegistry)
-    stt: Any = None
-    tts: Any = None
-    agent: Any = None
-    turn_detector: Any = None
     signature_checker: SignatureChecker | None = None
     stream_url: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewayRuntime:
-        """Builds the shared providers; an unknown provider name fails here, at start."""
-        # The VAD is per call; building one now checks its name before the first call does.
-        providers.create_vad(settings.vad_provider, TwilioTransport.sample_rate)
+        """Builds the shared providers; a bad provider setting fails here, at start."""
         return cls(
             settings=settings,
-            stt=providers.create_stt(settings.stt_provider),
-            tts=providers.create_tts(settings.tts_provider),
-            agent=providers.create_agent(settings.agent_provider),
-            turn_detector=providers.create_turn_detector(),
+            providers=build_providers(settings),
             signature_checker=SignatureChecker(settings.twilio_auth_token)
             if settings.twilio_auth_token
             else None,
@@ -58,13 +49,15 @@ class GatewayRuntime:
             "to": params.get("to", ""),
             "route": params.get("route", "default"),
         }
+        providers = self.providers
         session = VoiceSession(
             transport=transport,
-            stt=self.stt,
-            tts=self.tts,
-            vad=providers.create_vad(self.settings.vad_provider, transport.sample_rate),
-            agent=self.agent,
-            turn_detector=self.turn_detector,
+            stt=providers.stt,
+            tts=providers.tts,
+            vad=providers.make_vad(transport.sample_rate),
+            agent=providers.agent,
+            turn_detector=providers.turn_detector,
+            noise_filter=providers.make_noise_filter(),
             config=Config(session_id=start.call_sid),
             metadata=metadata,
         )
@@ -84,7 +77,7 @@ class GatewayRuntime:
             metadata["route"],
         )
         await session.start()
-        session.say(getattr(self.agent, "greeting", None) or DEFAULT_GREETING)
+        session.say(getattr(providers.agent, "greeting", None) or DEFAULT_GREETING)
         return session
 
     async def end_call(self, session: VoiceSession, reason: str) -> None:

@@ -44,6 +44,15 @@ class Settings:
     tts_provider: str = "espeak"
     vad_provider: str = "webrtc"
     agent_provider: str = "demo"
+    noise_filter: str = "none"
+    deepgram_api_key: str | None = field(default=None, repr=False)
+    deepgram_url: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    elevenlabs_api_key: str | None = field(default=None, repr=False)
+    elevenlabs_url: str | None = None
+    agent_webhook_url: str | None = None
+    silero_model_path: str | None = None
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -86,6 +95,21 @@ def _http_url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise SettingsError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _secret(values: Mapping[str, str], name: str) -> str | None:
+    return values.get(name, "").strip() or None
+
+
+def _optional_url(values: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes or not parts.netloc:
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        raise SettingsError(f"{name} must be a URL starting with {allowed}; got {raw!r}")
     return raw.rstrip("/")
 
 
@@ -145,6 +169,15 @@ def load_settings(
         tts_provider=values.get("TTS_PROVIDER", "").strip() or "espeak",
         vad_provider=values.get("VAD_PROVIDER", "").strip() or "webrtc",
         agent_provider=values.get("AGENT_PROVIDER", "").strip() or "demo",
+        noise_filter=values.get("NOISE_FILTER", "").strip() or "none",
+        deepgram_api_key=_secret(values, "DEEPGRAM_API_KEY"),
+        deepgram_url=_optional_url(values, "DEEPGRAM_URL", ("ws", "wss", "http", "https")),
+        openai_api_key=_secret(values, "OPENAI_API_KEY"),
+        openai_base_url=_optional_url(values, "OPENAI_BASE_URL", ("http", "https")),
+        elevenlabs_api_key=_secret(values, "ELEVENLABS_API_KEY"),
+        elevenlabs_url=_optional_url(values, "ELEVENLABS_URL", ("http", "https")),
+        agent_webhook_url=_optional_url(values, "AGENT_WEBHOOK_URL", ("http", "https")),
+        silero_model_path=values.get("SILERO_MODEL_PATH", "").strip() or None,
         log_level=_choice(values, "LOG_LEVEL", "INFO", LOG_LEVELS),
         log_format=_choice(values, "LOG_FORMAT", "text", LOG_FORMATS),
     )

@@ -6,11 +6,10 @@ options (a voice, a sample rate) and build an instance; nothing heavy happens at
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar
 
-from session.interfaces import STT, TTS, VAD, Agent, TurnDetector
+from session.interfaces import STT, TTS, VAD, Agent, NoiseFilter, TurnDetector
 
 from .agent.demo import DemoAgent
 from .stt.pocketsphinx import PocketSphinxSTT
@@ -21,12 +20,14 @@ from .vad.webrtc import WebRtcVad
 __all__ = [
     "AGENT_PROVIDERS",
     "DEFAULT_PROVIDERS",
+    "NOISE_FILTERS",
     "STT_PROVIDERS",
     "TTS_PROVIDERS",
     "TURN_PROVIDERS",
     "VAD_PROVIDERS",
     "UnknownProviderError",
     "create_agent",
+    "create_noise_filter",
     "create_stt",
     "create_tts",
     "create_turn_detector",
@@ -37,6 +38,7 @@ VAD_PROVIDERS: Final[dict[str, Callable[..., VAD]]] = {"webrtc": WebRtcVad}
 STT_PROVIDERS: Final[dict[str, Callable[..., STT]]] = {"pocketsphinx": PocketSphinxSTT}
 TTS_PROVIDERS: Final[dict[str, Callable[..., TTS]]] = {"espeak": ESpeakTTS}
 AGENT_PROVIDERS: Final[dict[str, Callable[..., Agent]]] = {"demo": DemoAgent}
+NOISE_FILTERS: Final[dict[str, Callable[..., NoiseFilter]]] = {}
 TURN_PROVIDERS: Final[dict[str, Callable[..., TurnDetector]]] = {"heuristic": HeuristicTurnDetector}
 
 DEFAULT_PROVIDERS: Final[Mapping[str, str]] = {
@@ -72,18 +74,10 @@ def create_vad(name: str, sample_rate: int, **options: Any) -> VAD:
     return _factory("vad", VAD_PROVIDERS, name)(sample_rate=sample_rate, **options)
 
 
-# STT instances hold no per-call state (streams do) and share expensive resources such as the
-# pocketsphinx decoder pool, so every call can use the same one.
-_stt_instances: dict[str, STT] = {}
-_stt_lock = threading.Lock()
-
-
-def create_stt(name: str) -> STT:
-    factory = _factory("stt", STT_PROVIDERS, name)
-    with _stt_lock:
-        if name not in _stt_instances:
-            _stt_instances[name] = factory()
-        return _stt_instances[name]
+def create_stt(name: str, **options: Any) -> STT:
+    """STT instances hold no per-call state (streams do), so one serves every call; the
+    pocketsphinx decoder pool is process-wide whatever the number of instances."""
+    return _factory("stt", STT_PROVIDERS, name)(**options)
 
 
 def create_tts(name: str, **options: Any) -> TTS:
@@ -93,6 +87,13 @@ def create_tts(name: str, **options: Any) -> TTS:
 
 def create_agent(name: str, **options: Any) -> Agent:
     return _factory("agent", AGENT_PROVIDERS, name)(**options)
+
+
+def create_noise_filter(name: str, **options: Any) -> NoiseFilter | None:
+    """None for "none": the session then skips filtering (and its resampling) entirely."""
+    if name == "none":
+        return None
+    return _factory("noise filter", NOISE_FILTERS, name)(**options)
 
 
 def create_turn_detector(name: str = "heuristic", **options: Any) -> TurnDetector:

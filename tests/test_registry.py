@@ -30,9 +30,16 @@ def test_tables_hold_the_default_names() -> None:
     assert "heuristic" in registry.TURN_PROVIDERS
 
 
-def test_stt_instance_is_shared_but_vad_is_per_call() -> None:
-    assert registry.create_stt("pocketsphinx") is registry.create_stt("pocketsphinx")
+def test_pocketsphinx_instances_share_the_decoder_pool_and_vads_are_per_call() -> None:
+    first, second = registry.create_stt("pocketsphinx"), registry.create_stt("pocketsphinx")
+    assert first.pool is second.pool  # type: ignore[attr-defined]
     assert registry.create_vad("webrtc", 8000) is not registry.create_vad("webrtc", 8000)
+
+
+def test_noise_filter_none_means_no_filter() -> None:
+    assert registry.create_noise_filter("none") is None
+    with pytest.raises(registry.UnknownProviderError, match="noise filter"):
+        registry.create_noise_filter("nope")
 
 
 def test_options_reach_the_provider() -> None:

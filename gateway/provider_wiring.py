@@ -1,0 +1,98 @@
+"""Which providers a call gets, from settings: names, options, credentials, fallback lists.
+
+`STT_PROVIDER=deepgram,pocketsphinx` is a fallback list: the first that works serves the call,
+and a failed one is tried again later (session.fallback). Each cloud provider needs its key;
+a missing one is reported at start with the variable's name, not at the first call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from infra.settings import Settings
+from providers import registry
+from session.fallback import FallbackAgent, FallbackSTT, FallbackTTS
+from session.interfaces import STT, TTS, VAD, Agent, NoiseFilter, TurnDetector
+
+
+class ProviderConfigError(ValueError):
+    """A provider is named without what it needs; the message names the variable."""
+
+
+def _need(value: str | None, variable: str, kind: str, name: str) -> str:
+    if not value:
+        raise ProviderConfigError(f"{kind}_PROVIDER={name} needs {variable} to be set")
+    return value
+
+
+def _options(kind: str, name: str, settings: Settings) -> dict[str, Any]:
+    """The keyword options each provider's factory takes, from settings."""
+    upper = kind.upper()
+    if name == "deepgram" and kind in ("stt", "tts"):
+        key = _need(settings.deepgram_api_key, "DEEPGRAM_API_KEY", upper, name)
+        return {"api_key": key, "base_url": settings.deepgram_url}
+    if name == "openai" and kind in ("stt", "tts", "agent"):
+        key = _need(settings.openai_api_key, "OPENAI_API_KEY", upper, name)
+        return {"api_key": key, "base_url": settings.openai_base_url}
+    if name == "elevenlabs" and kind == "tts":
+        key = _need(settings.elevenlabs_api_key, "ELEVENLABS_API_KEY", upper, name)
+        return {"api_key": key, "base_url": settings.elevenlabs_url}
+    if name == "webhook" and kind == "agent":
+        return {"url": _need(settings.agent_webhook_url, "AGENT_WEBHOOK_URL", upper, name)}
+    if name == "silero" and kind == "vad":
+        return {"model_path": _need(settings.silero_model_path, "SILERO_MODEL_PATH", upper, name)}
+    return {}
+
+
+def _names(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@dataclass
+class ProviderSet:
+    """Shared providers for every call, and factories for the per-call ones."""
+
+    stt: STT
+    tts: TTS
+    agent: Agent
+    turn_detector: TurnDetector
+    make_vad: Callable[[int], VAD]
+    make_noise_filter: Callable[[], NoiseFilter | None]
+
+
+def build_providers(settings: Settings) -> ProviderSet:
+    stt_names = _names(settings.stt_provider)
+    tts_names = _names(settings.tts_provider)
+    agent_names = _names(settings.agent_provider)
+    for kind, names in (("STT", stt_names), ("TTS", tts_names), ("AGENT", agent_names)):
+        if not names:
+            raise ProviderConfigError(f"{kind}_PROVIDER names no provider")
+
+    stts = [registry.create_stt(n, **_options("stt", n, settings)) for n in stt_names]
+    ttss = [registry.create_tts(n, **_options("tts", n, settings)) for n in tts_names]
+    agents = [registry.create_agent(n, **_options("agent", n, settings)) for n in agent_names]
+
+    vad_name = settings.vad_provider
+    vad_options = _options("vad", vad_name, settings)
+
+    def make_vad(sample_rate: int) -> VAD:
+        return registry.create_vad(vad_name, sample_rate, **vad_options)
+
+    make_vad(8000)  # a bad VAD name or option fails now, not at the first call
+
+    noise_name = settings.noise_filter
+
+    def make_noise_filter() -> NoiseFilter | None:
+        return registry.create_noise_filter(noise_name)
+
+    make_noise_filter()
+    return ProviderSet(
+        stt=stts[0] if len(stts) == 1 else FallbackSTT(stts),
+        tts=ttss[0] if len(ttss) == 1 else FallbackTTS(ttss),
+        agent=agents[0] if len(agents) == 1 else FallbackAgent(agents),
+        turn_detector=registry.create_turn_detector(),
+        make_vad=make_vad,
+        make_noise_filter=make_noise_filter,
+    )
