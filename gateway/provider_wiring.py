@@ -40,7 +40,9 @@ def _options(kind: str, name: str, settings: Settings) -> dict[str, Any]:
         key = _need(settings.elevenlabs_api_key, "ELEVENLABS_API_KEY", upper, name)
         return {"api_key": key, "base_url": settings.elevenlabs_url}
     if name == "webhook" and kind == "agent":
-        return {"url": _need(settings.agent_webhook_url, "AGENT_WEBHOOK_URL", upper, name)}
+        url = _need(settings.agent_webhook_url, "AGENT_WEBHOOK_URL", upper, name)
+        secret = settings.agent_webhook_secret
+        return {"url": url, "headers": {"Authorization": f"Bearer {secret}"} if secret else None}
     if name == "silero" and kind == "vad":
         return {"model_path": _need(settings.silero_model_path, "SILERO_MODEL_PATH", upper, name)}
     return {}
@@ -60,6 +62,14 @@ class ProviderSet:
     turn_detector: TurnDetector
     make_vad: Callable[[int], VAD]
     make_noise_filter: Callable[[], NoiseFilter | None]
+    members: tuple[object, ...] = ()  # every instance built, fallback members included
+
+    async def aclose(self) -> None:
+        """Closes the providers' connection pools (HTTP clients) at shutdown."""
+        for provider in self.members:
+            close = getattr(provider, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def build_providers(settings: Settings) -> ProviderSet:
@@ -95,4 +105,5 @@ def build_providers(settings: Settings) -> ProviderSet:
         turn_detector=registry.create_turn_detector(),
         make_vad=make_vad,
         make_noise_filter=make_noise_filter,
+        members=(*stts, *ttss, *agents),
     )

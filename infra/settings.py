@@ -52,6 +52,7 @@ class Settings:
     elevenlabs_api_key: str | None = field(default=None, repr=False)
     elevenlabs_url: str | None = None
     agent_webhook_url: str | None = None
+    agent_webhook_secret: str | None = field(default=None, repr=False)
     silero_model_path: str | None = None
     log_level: str = "INFO"
     log_format: str = "text"
@@ -177,6 +178,7 @@ def load_settings(
         elevenlabs_api_key=_secret(values, "ELEVENLABS_API_KEY"),
         elevenlabs_url=_optional_url(values, "ELEVENLABS_URL", ("http", "https")),
         agent_webhook_url=_optional_url(values, "AGENT_WEBHOOK_URL", ("http", "https")),
+        agent_webhook_secret=_secret(values, "AGENT_WEBHOOK_SECRET"),
         silero_model_path=values.get("SILERO_MODEL_PATH", "").strip() or None,
         log_level=_choice(values, "LOG_LEVEL", "INFO", LOG_LEVELS),
         log_format=_choice(values, "LOG_FORMAT", "text", LOG_FORMATS),

@@ -12,7 +12,10 @@ from typing import Any, Final, TypeVar
 from session.interfaces import STT, TTS, VAD, Agent, NoiseFilter, TurnDetector
 
 from .agent.demo import DemoAgent
+from .agent.webhook import WebhookAgent
 from .stt.pocketsphinx import PocketSphinxSTT
+from .testing import InstantAgent, ScriptedSTT, ToneTTS
+from .tts.elevenlabs import ElevenLabsTTS
 from .tts.espeak import ESpeakTTS
 from .turn.heuristic import HeuristicTurnDetector
 from .vad.webrtc import WebRtcVad
@@ -35,9 +38,20 @@ __all__ = [
 ]
 
 VAD_PROVIDERS: Final[dict[str, Callable[..., VAD]]] = {"webrtc": WebRtcVad}
-STT_PROVIDERS: Final[dict[str, Callable[..., STT]]] = {"pocketsphinx": PocketSphinxSTT}
-TTS_PROVIDERS: Final[dict[str, Callable[..., TTS]]] = {"espeak": ESpeakTTS}
-AGENT_PROVIDERS: Final[dict[str, Callable[..., Agent]]] = {"demo": DemoAgent}
+STT_PROVIDERS: Final[dict[str, Callable[..., STT]]] = {
+    "pocketsphinx": PocketSphinxSTT,
+    "scripted": ScriptedSTT,
+}
+TTS_PROVIDERS: Final[dict[str, Callable[..., TTS]]] = {
+    "espeak": ESpeakTTS,
+    "elevenlabs": ElevenLabsTTS,
+    "tone": ToneTTS,
+}
+AGENT_PROVIDERS: Final[dict[str, Callable[..., Agent]]] = {
+    "demo": DemoAgent,
+    "webhook": WebhookAgent,
+    "instant": InstantAgent,
+}
 NOISE_FILTERS: Final[dict[str, Callable[..., NoiseFilter]]] = {}
 TURN_PROVIDERS: Final[dict[str, Callable[..., TurnDetector]]] = {"heuristic": HeuristicTurnDetector}
 

@@ -53,15 +53,15 @@ def test_options_reach_the_provider() -> None:
 @pytest.mark.parametrize(
     ("create", "known"),
     [
-        (lambda: registry.create_vad("silero", 8000), "webrtc"),
-        (lambda: registry.create_stt("deepgram"), "pocketsphinx"),
-        (lambda: registry.create_tts("elevenlabs"), "espeak"),
-        (lambda: registry.create_agent("gpt"), "demo"),
-        (lambda: registry.create_turn_detector("model"), "heuristic"),
+        (lambda: registry.create_vad("nope", 8000), "webrtc"),
+        (lambda: registry.create_stt("nope"), "pocketsphinx"),
+        (lambda: registry.create_tts("nope"), "espeak"),
+        (lambda: registry.create_agent("nope"), "demo"),
+        (lambda: registry.create_turn_detector("nope"), "heuristic"),
     ],
 )
 def test_unknown_names_raise_with_the_known_list(create, known: str) -> None:
-    with pytest.raises(registry.UnknownProviderError, match=f"known .* providers: {known}"):
+    with pytest.raises(registry.UnknownProviderError, match=f"known .* providers: .*{known}"):
         create()
 
 
@@ -69,5 +69,5 @@ def test_unknown_provider_error_is_a_value_error() -> None:
     with pytest.raises(ValueError) as caught:
         registry.create_tts("nope")
     assert isinstance(caught.value, registry.UnknownProviderError)
-    assert caught.value.known == ["espeak"]
+    assert caught.value.known == sorted(registry.TTS_PROVIDERS)
     assert caught.value.name == "nope"

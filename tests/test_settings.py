@@ -71,6 +71,7 @@ def test_secrets_stay_out_of_repr_and_errors() -> None:
         "DEEPGRAM_API_KEY": "dg-secret",
         "OPENAI_API_KEY": "oa-secret",
         "ELEVENLABS_API_KEY": "el-secret",
+        "AGENT_WEBHOOK_SECRET": "wh-secret",
     }
     text = repr(load_settings(env=env, dotenv_path=NO_DOTENV))
     for secret in env.values():
