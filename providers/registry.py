@@ -12,11 +12,14 @@ from typing import Any, Final, TypeVar
 from session.interfaces import STT, TTS, VAD, Agent, NoiseFilter, TurnDetector
 
 from .agent.demo import DemoAgent
+from .agent.openai_chat import OpenAIChatAgent
 from .agent.webhook import WebhookAgent
+from .stt.openai_transcribe import OpenAITranscribeSTT
 from .stt.pocketsphinx import PocketSphinxSTT
 from .testing import InstantAgent, ScriptedSTT, ToneTTS
 from .tts.elevenlabs import ElevenLabsTTS
 from .tts.espeak import ESpeakTTS
+from .tts.openai_speech import OpenAISpeechTTS
 from .turn.heuristic import HeuristicTurnDetector
 from .vad.webrtc import WebRtcVad
 
@@ -40,16 +43,19 @@ __all__ = [
 VAD_PROVIDERS: Final[dict[str, Callable[..., VAD]]] = {"webrtc": WebRtcVad}
 STT_PROVIDERS: Final[dict[str, Callable[..., STT]]] = {
     "pocketsphinx": PocketSphinxSTT,
+    "openai": OpenAITranscribeSTT,
     "scripted": ScriptedSTT,
 }
 TTS_PROVIDERS: Final[dict[str, Callable[..., TTS]]] = {
     "espeak": ESpeakTTS,
     "elevenlabs": ElevenLabsTTS,
+    "openai": OpenAISpeechTTS,
     "tone": ToneTTS,
 }
 AGENT_PROVIDERS: Final[dict[str, Callable[..., Agent]]] = {
     "demo": DemoAgent,
     "webhook": WebhookAgent,
+    "openai": OpenAIChatAgent,
     "instant": InstantAgent,
 }
 NOISE_FILTERS: Final[dict[str, Callable[..., NoiseFilter]]] = {}

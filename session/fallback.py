@@ -18,6 +18,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
+from session.audio import StreamingResampler
+from session.chunking import ChunkedSTTStream
 from session.errors import ErrorCode, ProviderError, SessionError, classify
 from session.interfaces import STT, TTS, Agent, AgentContext, STTStream, TranscriptEvent
 
@@ -134,13 +136,18 @@ class FallbackSTT:
         *,
         recovery_interval: float = DEFAULT_RECOVERY_INTERVAL,
         clock: Clock = time.monotonic,
+        max_chunk_seconds: float = 10.0,
     ) -> None:
         self._providers = list(providers)
         names = _names("STT", [p.name for p in self._providers])
-        # Audio is resampled once, to this rate, before it reaches whichever member is active.
-        self.sample_rate = _common_rate("STT", names, [p.sample_rate for p in self._providers])
+        if not self._providers:
+            _common_rate("STT", names, [])  # the empty list is refused there
+        # The session sends audio at the first member's rate; a member with another rate gets
+        # it through its own streaming resampler, so a fallback costs nothing until it is used.
+        self.sample_rate = self._providers[0].sample_rate
         self.name = f"fallback({','.join(names)})"
         self._health = _Health("STT", names, recovery_interval, clock)
+        self._max_chunk_seconds = max_chunk_seconds
 
     @property
     def active(self) -> str:
@@ -153,8 +160,15 @@ class FallbackSTT:
     async def open_stream(self) -> STTStream:
         errors: list[tuple[str, Exception]] = []
         for index in self._health.order():
+            provider = self._providers[index]
             try:
-                inner = await self._providers[index].open_stream()
+                if getattr(provider, "streaming", True) is False:
+                    # A batch recogniser gets the chunking the session would give it alone.
+                    inner: STTStream = ChunkedSTTStream(provider, self._max_chunk_seconds)  # type: ignore[arg-type]
+                else:
+                    inner = await provider.open_stream()
+                if provider.sample_rate != self.sample_rate:
+                    inner = _ResampledStream(inner, self.sample_rate, provider.sample_rate)
             except Exception as exc:
                 self._health.failed(index, exc)
                 errors.append((self._health.names[index], exc))
@@ -162,6 +176,29 @@ class FallbackSTT:
             self._health.succeeded(index)
             return _FallbackStream(inner, self._health, index)
         raise self._health.all_failed(errors)
+
+
+class _ResampledStream:
+    """A member stream at another rate than the fallback list declares."""
+
+    def __init__(self, inner: STTStream, src_rate: int, dst_rate: int) -> None:
+        self._inner = inner
+        self._resampler = StreamingResampler(src_rate, dst_rate)
+
+    def push_audio(self, pcm: bytes) -> None:
+        self._inner.push_audio(self._resampler.process(pcm))
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def __aiter__(self) -> AsyncIterator[TranscriptEvent]:
+        return aiter(self._inner)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def keep_alive(self) -> None:
+        await _keep_alive_all([self._inner])
 
 
 class _FallbackStream:

@@ -369,11 +369,29 @@ async def test_stt_push_failures_count_once_per_stream() -> None:
     assert stt.failures == {"a": 1, "b": 0} and stt.active == "b"
 
 
-def test_stt_rates_must_match() -> None:
-    with pytest.raises(SessionError) as caught:
-        FallbackSTT([FlakySTT("a"), FlakySTT("b", sample_rate=8000)])
-    assert caught.value.code is ErrorCode.INVALID_CONFIG
-    assert "a=16000 Hz, b=8000 Hz" in str(caught.value)
+async def test_stt_members_at_other_rates_get_resampled_audio() -> None:
+    wideband, narrowband = FlakySTT("a", open_failures=1), FlakySTT("b", sample_rate=8000)
+    stt = FallbackSTT([wideband, narrowband])
+    assert stt.sample_rate == 16000
+    stream = await stt.open_stream()  # "a" refuses: "b" serves at 8 kHz
+    stream.push_audio(b"\0\0" * 1600)  # 0.1 s at 16 kHz
+    assert sum(map(len, narrowband.opened[0].pushed)) == 1600  # the same 0.1 s at 8 kHz
+
+
+async def test_batch_members_are_chunked_like_the_session_does() -> None:
+    class Batch:
+        name, sample_rate, streaming = "batch", 16000, False
+
+        async def transcribe(self, pcm: bytes) -> str:
+            return f"{len(pcm)} bytes"
+
+    stt = FallbackSTT([Batch(), FlakySTT("b")])
+    stream = await stt.open_stream()
+    stream.push_audio(b"\0\0" * 100)
+    stream.flush()
+    events = aiter(stream)
+    assert (await anext(events)) == TranscriptEvent("200 bytes", is_final=True)
+    await stream.aclose()
 
 
 async def test_stt_satisfies_the_protocols() -> None:
