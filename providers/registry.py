@@ -14,9 +14,11 @@ from session.interfaces import STT, TTS, VAD, Agent, NoiseFilter, TurnDetector
 from .agent.demo import DemoAgent
 from .agent.openai_chat import OpenAIChatAgent
 from .agent.webhook import WebhookAgent
+from .stt.deepgram import DeepgramSTT
 from .stt.openai_transcribe import OpenAITranscribeSTT
 from .stt.pocketsphinx import PocketSphinxSTT
 from .testing import InstantAgent, ScriptedSTT, ToneTTS
+from .tts.deepgram_aura import DeepgramAuraTTS
 from .tts.elevenlabs import ElevenLabsTTS
 from .tts.espeak import ESpeakTTS
 from .tts.openai_speech import OpenAISpeechTTS
@@ -43,11 +45,13 @@ __all__ = [
 VAD_PROVIDERS: Final[dict[str, Callable[..., VAD]]] = {"webrtc": WebRtcVad}
 STT_PROVIDERS: Final[dict[str, Callable[..., STT]]] = {
     "pocketsphinx": PocketSphinxSTT,
+    "deepgram": DeepgramSTT,
     "openai": OpenAITranscribeSTT,
     "scripted": ScriptedSTT,
 }
 TTS_PROVIDERS: Final[dict[str, Callable[..., TTS]]] = {
     "espeak": ESpeakTTS,
+    "deepgram": DeepgramAuraTTS,
     "elevenlabs": ElevenLabsTTS,
     "openai": OpenAISpeechTTS,
     "tone": ToneTTS,

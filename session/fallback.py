@@ -103,8 +103,9 @@ class FallbackTTS:
     ) -> None:
         self._providers = list(providers)
         names = _names("TTS", [p.name for p in self._providers])
-        # The engine resamples from one declared rate, so every member must produce it.
-        self.sample_rate = _common_rate("TTS", names, [p.sample_rate for p in self._providers])
+        # The list declares its first member's rate; audio from a member at another rate is
+        # resampled to it, so the engine sees one format whichever member speaks.
+        self.sample_rate = self._providers[0].sample_rate
         self.name = f"fallback({','.join(names)})"
         self._health = _Health("TTS", names, recovery_interval, clock)
 
@@ -117,7 +118,14 @@ class FallbackTTS:
         return self._health.failures
 
     def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        return _first_healthy(self._health, lambda i: self._providers[i].synthesize(text))
+        return _first_healthy(self._health, lambda i: self._member_audio(i, text))
+
+    def _member_audio(self, index: int, text: str) -> AsyncIterator[bytes]:
+        provider = self._providers[index]
+        audio = provider.synthesize(text)
+        if provider.sample_rate == self.sample_rate:
+            return audio
+        return _resampled(audio, StreamingResampler(provider.sample_rate, self.sample_rate))
 
     async def keep_alive(self) -> None:
         await _keep_alive_all(self._providers)
@@ -140,8 +148,6 @@ class FallbackSTT:
     ) -> None:
         self._providers = list(providers)
         names = _names("STT", [p.name for p in self._providers])
-        if not self._providers:
-            _common_rate("STT", names, [])  # the empty list is refused there
         # The session sends audio at the first member's rate; a member with another rate gets
         # it through its own streaming resampler, so a fallback costs nothing until it is used.
         self.sample_rate = self._providers[0].sample_rate
@@ -176,6 +182,15 @@ class FallbackSTT:
             self._health.succeeded(index)
             return _FallbackStream(inner, self._health, index)
         raise self._health.all_failed(errors)
+
+
+async def _resampled(
+    audio: AsyncIterator[bytes], resampler: StreamingResampler
+) -> AsyncIterator[bytes]:
+    async for chunk in audio:
+        out = resampler.process(chunk)
+        if out:
+            yield out
 
 
 class _ResampledStream:
@@ -361,16 +376,6 @@ def _names(kind: str, names: list[str]) -> list[str]:
             candidate = f"{name}#{n}"
         unique.append(candidate)
     return unique
-
-
-def _common_rate(kind: str, names: list[str], rates: list[int]) -> int:
-    if len(set(rates)) > 1:
-        listed = ", ".join(f"{n}={r} Hz" for n, r in zip(names, rates, strict=True))
-        raise SessionError(
-            ErrorCode.INVALID_CONFIG,
-            f"{kind} fallback providers must share one sample_rate: {listed}",
-        )
-    return rates[0]
 
 
 async def _keep_alive_all(members: Sequence[object]) -> None:

@@ -263,11 +263,17 @@ async def test_tts_closing_the_stream_early_closes_the_provider_stream() -> None
     assert tts.failures == {"a": 0, "b": 0}
 
 
-def test_tts_rates_must_match() -> None:
-    with pytest.raises(SessionError) as caught:
-        FallbackTTS([FlakyTTS("a"), FlakyTTS("b", sample_rate=16000)])
-    assert caught.value.code is ErrorCode.INVALID_CONFIG
-    assert "a=8000 Hz, b=16000 Hz" in str(caught.value)
+async def test_tts_members_at_other_rates_are_resampled_to_the_declared_one() -> None:
+    class Wideband:
+        name, sample_rate = "wide", 16000
+
+        async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+            yield b"\0\0" * 1600  # 0.1 s at 16 kHz
+
+    tts = FallbackTTS([FlakyTTS("a", fail_times=1), Wideband()])
+    assert tts.sample_rate == 8000
+    audio = b"".join([chunk async for chunk in tts.synthesize("hi")])
+    assert len(audio) == 1600  # the same 0.1 s at 8 kHz
 
 
 def test_an_empty_list_is_invalid() -> None:
