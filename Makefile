@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 		{ echo "Python >= 3.11 is required (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,silero]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -14,6 +14,8 @@ from session.interfaces import STT, TTS, VAD, Agent, NoiseFilter, TurnDetector
 from .agent.demo import DemoAgent
 from .agent.openai_chat import OpenAIChatAgent
 from .agent.webhook import WebhookAgent
+from .noise.passthrough import PassthroughFilter
+from .noise.spectral_gate import SpectralGateFilter
 from .stt.deepgram import DeepgramSTT
 from .stt.openai_transcribe import OpenAITranscribeSTT
 from .stt.pocketsphinx import PocketSphinxSTT
@@ -23,6 +25,8 @@ from .tts.elevenlabs import ElevenLabsTTS
 from .tts.espeak import ESpeakTTS
 from .tts.openai_speech import OpenAISpeechTTS
 from .turn.heuristic import HeuristicTurnDetector
+from .vad.energy import EnergyVad
+from .vad.silero import SileroVad
 from .vad.webrtc import WebRtcVad
 
 __all__ = [
@@ -42,7 +46,11 @@ __all__ = [
     "create_vad",
 ]
 
-VAD_PROVIDERS: Final[dict[str, Callable[..., VAD]]] = {"webrtc": WebRtcVad}
+VAD_PROVIDERS: Final[dict[str, Callable[..., VAD]]] = {
+    "webrtc": WebRtcVad,
+    "energy": EnergyVad,
+    "silero": SileroVad,
+}
 STT_PROVIDERS: Final[dict[str, Callable[..., STT]]] = {
     "pocketsphinx": PocketSphinxSTT,
     "deepgram": DeepgramSTT,
@@ -62,7 +70,10 @@ AGENT_PROVIDERS: Final[dict[str, Callable[..., Agent]]] = {
     "openai": OpenAIChatAgent,
     "instant": InstantAgent,
 }
-NOISE_FILTERS: Final[dict[str, Callable[..., NoiseFilter]]] = {}
+NOISE_FILTERS: Final[dict[str, Callable[..., NoiseFilter]]] = {
+    "spectral": SpectralGateFilter,
+    "passthrough": PassthroughFilter,
+}
 TURN_PROVIDERS: Final[dict[str, Callable[..., TurnDetector]]] = {"heuristic": HeuristicTurnDetector}
 
 DEFAULT_PROVIDERS: Final[Mapping[str, str]] = {

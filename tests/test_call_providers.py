@@ -49,6 +49,14 @@ async def one_call(env: dict[str, str], lines: list[str]) -> CallReport:
     return report
 
 
+async def test_energy_vad_and_spectral_noise_filter_by_configuration(
+    fakes: dict[str, str],
+) -> None:
+    env = {**fakes, "VAD_PROVIDER": "energy", "NOISE_FILTER": "spectral"}
+    report = await one_call(env, ["hello how are you today"])
+    assert report.turns[0].transcripts and report.turns[0].agent_text
+
+
 @pytest.mark.parametrize(
     ("stt", "tts", "agent"),
     [

@@ -50,6 +50,14 @@ def test_unknown_names_list_the_known_ones() -> None:
         build_providers(settings(STT_PROVIDER=" , "))
 
 
+def test_noise_filter_and_vad_by_name() -> None:
+    providers = build_providers(settings(NOISE_FILTER="spectral", VAD_PROVIDER="energy"))
+    assert providers.make_noise_filter().name == "spectral"  # type: ignore[union-attr]
+    assert providers.make_vad(8000).name == "energy"
+    with pytest.raises(UnknownProviderError, match="noise filter"):
+        build_providers(settings(NOISE_FILTER="rnnoise"))
+
+
 def test_a_comma_separated_list_is_a_fallback_chain() -> None:
     providers = build_providers(settings(TTS_PROVIDER="espeak, espeak"))
     assert isinstance(providers.tts, FallbackTTS)

@@ -3,6 +3,25 @@
 Streams borrow a decoder from the shared `DecoderPool` for one speech segment at a time, so a
 call that is silent or listening to the agent holds no decoder. All decoding happens in the
 pool's worker processes; the event loop only moves buffers and events.
+
+Menus ("say sales, support or billing") are where the general language model is weakest: one
+short word with no context often comes out as another word ("sales" -> "they will"). Two
+searches made for them (https://cmusphinx.github.io/doc/pocketsphinx/search_8h.html):
+
+- `grammar`: a JSGF grammar; the result is always one of the phrases it allows. For speech
+  outside the grammar the final is either "" (no path through the grammar fits at all) or the
+  nearest allowed phrase with a low confidence: the confidence of a grammar result is the
+  posterior of the whole phrase (above 0.8 for clear menu words over a phone line, about 0.5
+  for an unrelated sentence forced onto a menu word), so compare it with a threshold before
+  acting on the answer. A grammar segment is decoded whole when it ends (a one-word answer is
+  too short for streaming channel normalisation to settle), so it gives no interim hypotheses,
+  and only its first 10 s are decoded.
+- `keyphrases`: keyword spotting, each phrase with its own detection threshold (longer phrases
+  want smaller ones, 1e-20 .. 1e-40; short words 1e-5 .. 1e-20). Everything else is ignored, so
+  the final is "" unless a phrase was spotted. Thresholds need tuning per phrase; a grammar is
+  the better choice for a closed menu, spotting for a phrase inside free speech.
+
+Decoders for a search are separate from the default ones: each configuration has its own pool.
 """
 
 from __future__ import annotations
@@ -11,15 +30,23 @@ import array
 import asyncio
 import concurrent.futures
 import random
+import re
 from collections import deque
-from collections.abc import Callable
-from typing import Final, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 from session.audio import SAMPLE_WIDTH
 from session.errors import ErrorCode, ProviderError
 from session.interfaces import TranscriptEvent
 
-from .decoder_pool import DecoderPool, DecoderProcess, Recognition, default_pool
+from .decoder_pool import (
+    GRAMMAR,
+    KEYPHRASES,
+    DecoderPool,
+    DecoderProcess,
+    Recognition,
+    default_pool,
+)
 
 __all__ = ["PocketSphinxSTT", "PocketSphinxStream"]
 
@@ -32,6 +59,8 @@ WARMUP_SECONDS: Final = 0.4
 WARMUP_NOISE_RMS: Final = 8.0
 # Upper bound on audio per decoder request: keeps interim hypotheses coming while catching up.
 MAX_BATCH_SECONDS: Final = 0.5
+DEFAULT_KWS_THRESHOLD: Final = 1e-20
+_JSGF_HEADER: Final = re.compile(r"^\s*#JSGF\b")
 
 _T = TypeVar("_T")
 
@@ -209,7 +238,11 @@ def _retire(
 
 
 class PocketSphinxSTT:
-    """Recogniser factory; one instance can serve every call (the pool is what is shared)."""
+    """Recogniser factory; one instance can serve every call (the pool is what is shared).
+
+    `grammar` (JSGF text) or `keyphrases` (phrases, or phrase -> threshold) switch from the
+    general language model to a menu search; see the module docstring for what each returns.
+    """
 
     name = PROVIDER
     sample_rate = SAMPLE_RATE
@@ -218,18 +251,69 @@ class PocketSphinxSTT:
         self,
         pool: DecoderPool | None = None,
         executor: concurrent.futures.Executor | None = None,
+        *,
+        grammar: str | None = None,
+        keyphrases: Sequence[str] | Mapping[str, float] | None = None,
+        kws_threshold: float = DEFAULT_KWS_THRESHOLD,
     ) -> None:
+        self.search_config = _search_config(grammar, keyphrases, kws_threshold)
+        if pool is not None and self.search_config:
+            mismatched = {k: v for k, v in self.search_config.items() if pool.config.get(k) != v}
+            if mismatched:
+                raise ValueError(
+                    f"the pool's decoders were not built for this {', '.join(mismatched)}: "
+                    "give the search to the DecoderPool, or leave the pool out"
+                )
         self._pool = pool
         self._executor = executor
 
     @property
     def pool(self) -> DecoderPool:
-        return self._pool if self._pool is not None else default_pool()
+        return self._pool if self._pool is not None else default_pool(**self.search_config)
 
     async def open_stream(self) -> PocketSphinxStream:
         pool = self.pool
         return PocketSphinxStream(pool, self._executor or pool.executor)
 
     async def warm_up(self, count: int = 1) -> None:
-        """Loads decoders before the first call needs them (they take ~0.5 s each)."""
+        """Loads decoders before the first call needs them (they take ~0.5 s each); with a
+        grammar or keyphrases this is also where a word missing from the dictionary shows."""
         await self.pool.warm_up(count)
+
+
+def _search_config(
+    grammar: str | None,
+    keyphrases: Sequence[str] | Mapping[str, float] | None,
+    kws_threshold: float,
+) -> dict[str, Any]:
+    """The decoder-pool config keys for a menu search, validated here so mistakes fail fast."""
+    if grammar is not None and keyphrases is not None:
+        raise ValueError("give either grammar or keyphrases, not both")
+    if grammar is not None:
+        if not isinstance(grammar, str) or not _JSGF_HEADER.match(grammar):
+            raise ValueError("grammar must be JSGF text starting with a '#JSGF V1.0;' header")
+        if "public" not in grammar:
+            raise ValueError("grammar must declare a public rule (the one that is recognised)")
+        return {GRAMMAR: grammar}
+    if keyphrases is None:
+        return {}
+    if isinstance(keyphrases, str):
+        raise ValueError("keyphrases must be a list of phrases (or a mapping), not one string")
+    thresholds = (
+        dict(keyphrases)
+        if isinstance(keyphrases, Mapping)
+        else dict.fromkeys(keyphrases, kws_threshold)
+    )
+    if not thresholds:
+        raise ValueError("keyphrases must not be empty")
+    normalised: dict[str, float] = {}
+    for phrase, threshold in thresholds.items():
+        words = phrase.split() if isinstance(phrase, str) else []
+        if not words or any("/" in word for word in words):
+            raise ValueError(f"keyphrase must be words without '/', got {phrase!r}")
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(
+                f"threshold for keyphrase {phrase!r} must be in (0, 1], got {threshold}"
+            )
+        normalised[" ".join(words).lower()] = float(threshold)
+    return {KEYPHRASES: normalised}
