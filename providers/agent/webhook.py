@@ -60,6 +60,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from providers.http_errors import status_error
 from session.errors import ErrorCode, ProviderError
 from session.interfaces import AgentContext
 
@@ -202,17 +203,7 @@ class WebhookAgent:
         message = f"HTTP {status}"
         if detail := self._redact(_error_message(response.content)):
             message += f": {detail}"
-        if status in (401, 403):
-            return ProviderError(ErrorCode.AUTHENTICATION_ERROR, PROVIDER, message, retryable=False)
-        if status == 429 or status >= 500:
-            return ProviderError(
-                ErrorCode.PROVIDER_ERROR,
-                PROVIDER,
-                message,
-                retryable=True,
-                retry_after=_retry_after(response.headers.get("retry-after")),
-            )
-        return ProviderError(ErrorCode.PROVIDER_ERROR, PROVIDER, message, retryable=False)
+        return status_error(PROVIDER, status, message, response.headers)
 
     def _protocol_error(self, message: str, cause: BaseException | None = None) -> ProviderError:
         # The server answered, but not in this protocol: asking again will not fix it.
@@ -282,11 +273,3 @@ def _error_message(body: bytes) -> str:
             if value:
                 return str(value)[:_MAX_MESSAGE]
     return text[:_MAX_MESSAGE]
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: not worth parsing for a retry hint
-    return seconds if seconds is not None and seconds >= 0 else None

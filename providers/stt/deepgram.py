@@ -53,6 +53,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
 
+from providers.http_errors import status_error
 from session.audio import SAMPLE_WIDTH, audioop
 from session.errors import ErrorCode, ProviderError
 from session.interfaces import TranscriptEvent
@@ -532,20 +533,7 @@ def _handshake_error(exc: InvalidStatus) -> ProviderError:
     status = response.status_code
     detail = _error_detail(response.headers.get("dg-error"), response.body)
     message = f"handshake rejected: HTTP {status}" + (f": {detail}" if detail else "")
-    if status in (401, 403):
-        return ProviderError(
-            ErrorCode.AUTHENTICATION_ERROR, PROVIDER, message, retryable=False, cause=exc
-        )
-    if status == 429 or status >= 500:
-        return ProviderError(
-            ErrorCode.PROVIDER_ERROR,
-            PROVIDER,
-            message,
-            retryable=True,
-            retry_after=_retry_after(response.headers.get("Retry-After")),
-            cause=exc,
-        )
-    return ProviderError(ErrorCode.PROVIDER_ERROR, PROVIDER, message, retryable=False, cause=exc)
+    return status_error(PROVIDER, status, message, response.headers, cause=exc)
 
 
 def _error_detail(header: str | None, body: bytes | None) -> str:
@@ -561,11 +549,3 @@ def _error_detail(header: str | None, body: bytes | None) -> str:
                 if isinstance(value, str) and value:
                     return value[:300]
     return (header or "")[:300]
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: not worth parsing for a retry hint
-    return seconds if seconds is not None and seconds >= 0 else None

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from providers.http_errors import status_error
 from session.errors import ErrorCode, ProviderError
 
 __all__ = ["DeepgramAuraTTS"]
@@ -138,17 +139,7 @@ def _status_error(response: httpx.Response, body: bytes) -> ProviderError:
     status = response.status_code
     detail = _error_detail(body)
     message = f"HTTP {status}" + (f": {detail}" if detail else "")
-    if status in (401, 403):
-        return ProviderError(ErrorCode.AUTHENTICATION_ERROR, PROVIDER, message, retryable=False)
-    if status == 429 or status >= 500:
-        return ProviderError(
-            ErrorCode.PROVIDER_ERROR,
-            PROVIDER,
-            message,
-            retryable=True,
-            retry_after=_retry_after(response.headers.get("Retry-After")),
-        )
-    return ProviderError(ErrorCode.PROVIDER_ERROR, PROVIDER, message, retryable=False)
+    return status_error(PROVIDER, status, message, response.headers)
 
 
 def _error_detail(body: bytes) -> str:
@@ -164,11 +155,3 @@ def _error_detail(body: bytes) -> str:
         if isinstance(value, str) and value:
             return value[:300]
     return ""
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: not worth parsing for a retry hint
-    return seconds if seconds is not None and seconds >= 0 else None

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
+from providers.http_errors import status_error
 from session.audio import SAMPLE_WIDTH, audioop
 from session.errors import ErrorCode, ProviderError
 
@@ -164,17 +165,7 @@ class ElevenLabsTTS:
     def _status_error(self, response: httpx.Response) -> ProviderError:
         status = response.status_code
         message = f"HTTP {status}: {self._redact(vendor_message(response.content))}"
-        if status in (401, 403):
-            return ProviderError(ErrorCode.AUTHENTICATION_ERROR, PROVIDER, message, retryable=False)
-        if status == 429 or status >= 500:
-            return ProviderError(
-                ErrorCode.PROVIDER_ERROR,
-                PROVIDER,
-                message,
-                retryable=True,
-                retry_after=retry_after(response.headers.get("retry-after")),
-            )
-        return ProviderError(ErrorCode.PROVIDER_ERROR, PROVIDER, message, retryable=False)
+        return status_error(PROVIDER, status, message, response.headers)
 
     def _redact(self, text: str) -> str:
         # Vendors do not echo keys, but a message is quoted verbatim: be sure.
@@ -204,12 +195,3 @@ def vendor_message(body: bytes) -> str:
     else:
         text = str(detail)
     return text[:_MAX_MESSAGE]
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header; an HTTP date is not worth parsing for a hint."""
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and seconds >= 0 else None
