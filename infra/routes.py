@@ -93,7 +93,7 @@ class Route:
     """What calls to `number` get. Built directly or with `from_dict`; both validate."""
 
     number: str
-    agent: str = "demo"
+    agent: str | None = None
     stt: str | None = None
     tts: str | None = None
     vad: str | None = None
@@ -109,8 +109,7 @@ class Route:
                 f'must be an E.164 number (+ and 8-15 digits) or "default", got '
                 f"{_show(self.number)}",
             )
-        _check_name("agent", self.agent, optional=False)
-        for kind in ("stt", "tts", "vad"):
+        for kind in ("agent", "stt", "tts", "vad"):
             _check_name(kind, getattr(self, kind), optional=True)
         _check_text("voice", self.voice, _MAX_VOICE)
         _check_text("greeting", self.greeting, _MAX_GREETING)

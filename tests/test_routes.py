@@ -40,7 +40,6 @@ FULL = {
         ({"number": "Default"}, "number"),
         ({"number": 14155550100}, "number"),
         ({"agent": ""}, "agent"),
-        ({"agent": None}, "agent"),
         ({"agent": "Web Hook"}, "agent"),
         ({"stt": 3}, "stt"),
         ({"tts": ""}, "tts"),
@@ -111,7 +110,7 @@ def test_provider_names_are_checked_against_the_known_ones() -> None:
 def test_defaults_use_known_providers_and_leave_the_rest_to_the_gateway() -> None:
     route = Route.from_dict({"number": "default"}, known=KNOWN)
     assert route == DEFAULT_ROUTE
-    assert (route.agent, route.stt, route.tts, route.vad) == ("demo", None, None, None)
+    assert (route.agent, route.stt, route.tts, route.vad) == (None, None, None, None)
     assert (route.voice, route.greeting, route.language) == (None, None, "en-US")
     assert route.limits == RouteLimits(3600, 1800, 120)
 
