@@ -27,7 +27,7 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
         yield
         for session in list(runtime.calls.live.values()):
             await runtime.end_call(session, "shutdown")
-        await runtime.providers.aclose()
+        await runtime.catalog.aclose()
 
     app = FastAPI(title="voice-gateway", version="0.1.0", lifespan=lifespan)
     app.state.runtime = runtime

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from infra.routes import Route
 from infra.settings import Settings
 from providers import registry
 from session.fallback import FallbackAgent, FallbackSTT, FallbackTTS
@@ -72,19 +73,51 @@ class ProviderSet:
                 await close()
 
 
-def build_providers(settings: Settings) -> ProviderSet:
-    stt_names = _names(settings.stt_provider)
-    tts_names = _names(settings.tts_provider)
-    agent_names = _names(settings.agent_provider)
+_VOICE_OPTION = {
+    "espeak": "voice",
+    "openai": "voice",
+    "elevenlabs": "voice_id",
+    "deepgram": "model",
+}
+
+
+def _route_options(kind: str, name: str, voice: str | None, language: str | None) -> dict[str, Any]:
+    """A route's voice and language, in the option each provider calls them by."""
+    options: dict[str, Any] = {}
+    if kind == "tts" and voice and name in _VOICE_OPTION:
+        options[_VOICE_OPTION[name]] = voice
+    if kind == "stt" and language and name in ("deepgram", "openai"):
+        # Deepgram takes BCP-47 as is; OpenAI's transcription wants ISO-639-1.
+        options["language"] = language if name == "deepgram" else language.split("-")[0]
+    return options
+
+
+def build_providers(
+    settings: Settings,
+    *,
+    stt: str | None = None,
+    tts: str | None = None,
+    vad: str | None = None,
+    agent: str | None = None,
+    voice: str | None = None,
+    language: str | None = None,
+) -> ProviderSet:
+    """Providers from settings; the keyword arguments are a route's overrides."""
+    stt_names = _names(stt or settings.stt_provider)
+    tts_names = _names(tts or settings.tts_provider)
+    agent_names = _names(agent or settings.agent_provider)
     for kind, names in (("STT", stt_names), ("TTS", tts_names), ("AGENT", agent_names)):
         if not names:
             raise ProviderConfigError(f"{kind}_PROVIDER names no provider")
 
-    stts = [registry.create_stt(n, **_options("stt", n, settings)) for n in stt_names]
-    ttss = [registry.create_tts(n, **_options("tts", n, settings)) for n in tts_names]
-    agents = [registry.create_agent(n, **_options("agent", n, settings)) for n in agent_names]
+    def options(kind: str, name: str) -> dict[str, Any]:
+        return {**_options(kind, name, settings), **_route_options(kind, name, voice, language)}
 
-    vad_name = settings.vad_provider
+    stts = [registry.create_stt(n, **options("stt", n)) for n in stt_names]
+    ttss = [registry.create_tts(n, **options("tts", n)) for n in tts_names]
+    agents = [registry.create_agent(n, **options("agent", n)) for n in agent_names]
+
+    vad_name = vad or settings.vad_provider
     vad_options = _options("vad", vad_name, settings)
 
     def make_vad(sample_rate: int) -> VAD:
@@ -107,3 +140,35 @@ def build_providers(settings: Settings) -> ProviderSet:
         make_noise_filter=make_noise_filter,
         members=(*stts, *ttss, *agents),
     )
+
+
+class ProviderCatalog:
+    """The default providers, and those of each route, built once and shared by its calls."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.default = build_providers(settings)
+        self._by_route: dict[tuple[str | None, ...], ProviderSet] = {}
+
+    def for_route(self, route: Route | None) -> ProviderSet:
+        if route is None:
+            return self.default
+        key = (route.stt, route.tts, route.vad, route.agent, route.voice, route.language)
+        if not any(key[:5]):
+            return self.default
+        found = self._by_route.get(key)
+        if found is None:
+            found = self._by_route[key] = build_providers(
+                self._settings,
+                stt=route.stt,
+                tts=route.tts,
+                vad=route.vad,
+                agent=route.agent,
+                voice=route.voice,
+                language=route.language,
+            )
+        return found
+
+    async def aclose(self) -> None:
+        for providers in (self.default, *self._by_route.values()):
+            await providers.aclose()

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from gateway.calls import CallRegistry
-from gateway.provider_wiring import ProviderSet, build_providers
+from gateway.provider_wiring import ProviderCatalog, ProviderSet
 from infra.settings import Settings
 from session.config import Config
 from session.session import VoiceSession
@@ -23,7 +23,7 @@ DEFAULT_GREETING = "Hello! How can I help?"
 @dataclass
 class GatewayRuntime:
     settings: Settings
-    providers: ProviderSet
+    catalog: ProviderCatalog
     calls: CallRegistry = field(default_factory=CallRegistry)
     signature_checker: SignatureChecker | None = None
     stream_url: str = ""
@@ -33,12 +33,17 @@ class GatewayRuntime:
         """Builds the shared providers; a bad provider setting fails here, at start."""
         return cls(
             settings=settings,
-            providers=build_providers(settings),
+            catalog=ProviderCatalog(settings),
             signature_checker=SignatureChecker(settings.twilio_auth_token)
             if settings.twilio_auth_token
             else None,
             stream_url=stream_url_for(settings.public_url),
         )
+
+    @property
+    def providers(self) -> ProviderSet:
+        """The providers calls get when their route names none of its own."""
+        return self.catalog.default
 
     async def start_call(self, start: Start, transport: TwilioTransport) -> VoiceSession:
         params = start.custom_parameters

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.provider_wiring import ProviderConfigError, build_providers
+from gateway.provider_wiring import ProviderCatalog, ProviderConfigError, build_providers
+from infra.routes import Route
 from infra.settings import load_settings
 from providers.registry import UnknownProviderError
 from session.fallback import FallbackTTS
@@ -61,3 +62,14 @@ def test_noise_filter_and_vad_by_name() -> None:
 def test_a_comma_separated_list_is_a_fallback_chain() -> None:
     providers = build_providers(settings(TTS_PROVIDER="espeak, espeak"))
     assert isinstance(providers.tts, FallbackTTS)
+
+
+def test_a_route_overrides_providers_voice_and_language() -> None:
+    catalog = ProviderCatalog(settings(OPENAI_API_KEY="k"))
+    assert catalog.for_route(None) is catalog.default
+    assert catalog.for_route(Route(number="default")) is catalog.default
+    route = Route(number="+14155550100", stt="openai", tts="espeak", voice="en-gb")
+    providers = catalog.for_route(route)
+    assert providers is catalog.for_route(route)  # built once, shared by the route's calls
+    assert providers.stt.name == "openai" and providers.stt.language == "en"  # type: ignore[attr-defined]
+    assert providers.tts.voice == "en-gb"  # type: ignore[attr-defined]
