@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from gateway import api, media_socket, twilio_webhooks
+from gateway.call_control import command_handler
 from gateway.runtime import GatewayRuntime
 from infra.settings import Settings
 
@@ -24,10 +26,9 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
         if warm_up is not None:
             # Loading a recogniser takes a while; do it before the first caller waits for it.
             await warm_up()
+        await runtime.start(command_handler(runtime))
         yield
-        for session in list(runtime.calls.live.values()):
-            await runtime.end_call(session, "shutdown")
-        await runtime.catalog.aclose()
+        await runtime.aclose()
 
     app = FastAPI(title="voice-gateway", version="0.1.0", lifespan=lifespan)
     app.state.runtime = runtime
@@ -40,7 +41,16 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
-    def readyz() -> dict[str, object]:
-        return {"status": "ready", "live_calls": len(runtime.calls.live)}
+    def readyz() -> JSONResponse:
+        # Degraded still takes calls: they run without the store and catch up later.
+        backlog = runtime.writer.backlog
+        return JSONResponse(
+            {
+                "status": "degraded" if runtime.degraded else "ready",
+                "instance": runtime.instance_id,
+                "live_calls": len(runtime.live),
+                "store_backlog": {"sessions": backlog.sessions, "events": backlog.events},
+            }
+        )
 
     return app

@@ -410,7 +410,7 @@ class _Call:
         self._hung_up = False
         self._stop_sent = False
         self._announced = 0  # replies already printed
-        self._events_after = 0  # the events API cursor
+        self._events_after = "0"  # the events API cursor (opaque: the store's event id)
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -819,7 +819,7 @@ class _Call:
         for event in body["events"]:
             if isinstance(event, dict):
                 self._on_event(event)
-        self._events_after = int(body.get("next", self._events_after))
+        self._events_after = str(body.get("next") or self._events_after)
         return True
 
     def _on_event(self, event: dict[str, Any]) -> None:

@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--verbose", action="store_true", help="also print interim transcripts")
     call.add_argument("lines", nargs="+", metavar="LINE")
     call.set_defaults(func=_call)
+
+    from gateway.routes_cli import add_routes_parser
+
+    add_routes_parser(sub)
     return parser
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -69,9 +68,4 @@ def _record_protocol_error(
     """Puts a rejected frame in the call's event log, so ops can see it against the call."""
     error = transport.last_error
     if session is not None and error is not None:
-        runtime.calls.add_event(
-            session.session_id,
-            "protocol_error",
-            {"kind": error.kind.value, "message": str(error)},
-            time.time(),
-        )
+        runtime.protocol_error(session.session_id, error.kind.value, str(error))

@@ -38,21 +38,13 @@ async def voice(request: Request) -> Response:
     call_sid = form.get("CallSid", "")
     if not call_sid:
         raise HTTPException(status_code=400, detail="CallSid is required")
-    record = runtime.calls.record(call_sid)
-    record.call_sid = call_sid
-    record.from_number = form.get("From", "")
-    record.to_number = form.get("To", "")
-    record.route = "default"
-    record.call_status = form.get("CallStatus", "")
-    runtime.calls.add_event(call_sid, "call_answered", {"from": record.from_number}, time.time())
+    from_number, to_number = form.get("From", ""), form.get("To", "")
+    # An outbound call placed through the API names its route in the URL it gave Twilio.
+    route = await runtime.route_for(request.query_params.get("route") or to_number)
+    await runtime.call_answered(call_sid, from_number, to_number, route.number)
     twiml = connect_stream_twiml(
         runtime.stream_url,
-        {
-            "callSid": call_sid,
-            "from": record.from_number,
-            "to": record.to_number,
-            "route": record.route,
-        },
+        {"callSid": call_sid, "from": from_number, "to": to_number, "route": route.number},
     )
     return Response(content=twiml, media_type="application/xml")
 
@@ -65,11 +57,8 @@ async def status(request: Request) -> Response:
     call_status = form.get("CallStatus", "")
     if not call_sid or not call_status:
         raise HTTPException(status_code=400, detail="CallSid and CallStatus are required")
-    record = runtime.calls.record(call_sid)
-    record.call_sid = call_sid
-    record.call_status = call_status
     data = {"status": call_status}
     if form.get("CallDuration"):
         data["duration"] = form["CallDuration"]
-    runtime.calls.add_event(call_sid, "call_status", data, time.time())
+    runtime.writer.event(call_sid, "call_status", data, time.time())
     return Response(status_code=204)

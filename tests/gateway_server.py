@@ -20,6 +20,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.runtime import GatewayRuntime
 from infra.settings import Settings, load_settings
+from infra.store import SessionRecord
 
 T = TypeVar("T")
 
@@ -40,6 +41,15 @@ class RunningGateway:
     def call_in_loop(self, fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 10) -> T:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(timeout)
+
+    def record(self, session_id: str) -> SessionRecord | None:
+        """The stored record, once what the call path queued has been written."""
+
+        async def read() -> SessionRecord | None:
+            await self.runtime.writer.flush()
+            return await self.runtime.store.get_session(session_id)
+
+        return self.call_in_loop(read)
 
 
 @contextmanager

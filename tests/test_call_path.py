@@ -36,7 +36,7 @@ async def call(gateway: RunningGateway, lines: list[str], **options) -> CallRepo
 
 async def wait_until_ended(gateway: RunningGateway, call_sid: str, within: float = 10) -> None:
     deadline = asyncio.get_running_loop().time() + within
-    while call_sid in gateway.runtime.calls.live:
+    while call_sid in gateway.runtime.live:
         assert asyncio.get_running_loop().time() < deadline, "the session did not end"
         await asyncio.sleep(0.05)
 
@@ -58,7 +58,7 @@ async def test_two_turn_call_is_heard_transcribed_and_answered(gateway: RunningG
     assert len(finished) == 3  # greeting + two replies
     assert all(not f["interrupted"] and f["heard_text"] == f["text"] for f in finished)
     assert report.underruns == 0
-    record = gateway.runtime.calls.get(report.call_sid)
+    record = gateway.record(report.call_sid)
     assert record is not None and record.state == SessionState.ENDED
     assert record.end_reason == "stop"
 
@@ -99,7 +99,7 @@ async def test_hanging_up_mid_reply_ends_the_session_with_no_task_left(
         hangup_after_reply_start=0.4,
     )
     call_sid = report.call_sid
-    record = gateway.runtime.calls.get(call_sid)
+    record = gateway.record(call_sid)
     assert record is not None and record.state == SessionState.ENDED
 
     async def leftover_tasks() -> list[str]:

@@ -1,0 +1,203 @@
+"""Every documented error path of the ops API, against a real server (embedded store)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.fakes.twilio_api_server import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    FakeTwilioApi,
+    run_fake_twilio_api,
+)
+from tests.gateway_server import RunningGateway, run_gateway
+
+API = {"Authorization": "Bearer test-api-token"}
+CALLER = {"From": "+15550100001", "To": "+15550100002"}
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[RunningGateway]:
+    with run_gateway({"STT_PROVIDER": "scripted", "TTS_PROVIDER": "tone"}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def twilio() -> Iterator[FakeTwilioApi]:
+    with run_fake_twilio_api() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def twilio_gateway(twilio: FakeTwilioApi) -> Iterator[RunningGateway]:
+    env = {
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_API_BASE_URL": twilio.url,
+        "STT_PROVIDER": "scripted",
+    }
+    with run_gateway(env) as running:
+        yield running
+
+
+def api(gateway: RunningGateway, method: str, path: str, **kwargs) -> httpx.Response:
+    return httpx.request(method, gateway.url + path, headers=API, timeout=10, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/sessions"),
+        ("GET", "/api/sessions/x"),
+        ("GET", "/api/sessions/x/events"),
+        ("POST", "/api/sessions/x/say"),
+        ("POST", "/api/sessions/x/hangup"),
+        ("POST", "/api/sessions/x/transfer"),
+        ("GET", "/api/routes"),
+        ("PUT", "/api/routes/default"),
+        ("DELETE", "/api/routes/default"),
+        ("POST", "/api/calls"),
+    ],
+)
+def test_every_api_route_needs_the_token(gateway: RunningGateway, method: str, path: str) -> None:
+    assert httpx.request(method, gateway.url + path).status_code == 401
+    wrong = {"Authorization": "Bearer wrong"}
+    assert httpx.request(method, gateway.url + path, headers=wrong).status_code == 403
+
+
+def test_unknown_sessions_are_404(gateway: RunningGateway) -> None:
+    for method, path, body in [
+        ("GET", "/api/sessions/CAnope", None),
+        ("GET", "/api/sessions/CAnope/events", None),
+        ("POST", "/api/sessions/CAnope/say", {"text": "hi"}),
+        ("POST", "/api/sessions/CAnope/hangup", None),
+        ("POST", "/api/sessions/CAnope/transfer", {"to": "+15550100003"}),
+    ]:
+        reply = api(gateway, method, path, json=body)
+        assert reply.status_code == 404, (path, reply.text)
+        assert "CAnope" in reply.json()["detail"]
+
+
+def test_invalid_input_is_422(gateway: RunningGateway) -> None:
+    assert api(gateway, "POST", "/api/sessions/x/say", json={"text": ""}).status_code == 422
+    assert api(gateway, "POST", "/api/sessions/x/say", json={}).status_code == 422
+    assert api(gateway, "GET", "/api/sessions?limit=0").status_code == 422
+    assert api(gateway, "GET", "/api/sessions/x/events?after=-1").status_code == 422
+    assert api(gateway, "POST", "/api/calls", json={"to": "+15550100003"}).status_code == 422
+
+
+def test_routes_crud_and_validation(gateway: RunningGateway) -> None:
+    number = "+15550100009"
+    assert api(gateway, "GET", f"/api/routes/{number}").status_code == 404
+    assert api(gateway, "DELETE", f"/api/routes/{number}").status_code == 404
+    put = api(gateway, "PUT", f"/api/routes/{number}", json={"greeting": "Hi.", "tts": "tone"})
+    assert put.status_code == 200 and put.json()["greeting"] == "Hi."
+    assert api(gateway, "GET", f"/api/routes/{number}").json()["tts"] == "tone"
+    assert number in api(gateway, "GET", "/api/routes").json()["routes"]
+    for body, field in [
+        ({"tts": "nope"}, "tts"),
+        ({"greting": "typo"}, "greting"),
+        ({"limits": {"max_call_seconds": 0}}, "max_call_seconds"),
+        ({"language": "english"}, "language"),
+        ({"number": "+15550100000"}, "number"),
+    ]:
+        reply = api(gateway, "PUT", f"/api/routes/{number}", json=body)
+        assert reply.status_code == 422 and field in reply.json()["detail"], (body, reply.text)
+    missing_key = api(gateway, "PUT", f"/api/routes/{number}", json={"stt": "deepgram"})
+    assert missing_key.status_code == 422 and "DEEPGRAM_API_KEY" in missing_key.json()["detail"]
+    assert api(gateway, "PUT", "/api/routes/12345", json={}).status_code == 422
+    assert api(gateway, "DELETE", f"/api/routes/{number}").status_code == 204
+    assert api(gateway, "GET", f"/api/routes/{number}").status_code == 404
+
+
+def test_outbound_calls_and_transfer_need_twilio_credentials(gateway: RunningGateway) -> None:
+    body = {"to": "+15550100003", "from": "+15550100004"}
+    reply = api(gateway, "POST", "/api/calls", json=body)
+    assert reply.status_code == 503 and "TWILIO_ACCOUNT_SID" in reply.json()["detail"]
+
+
+async def start_call(gateway: RunningGateway, call_sid: str) -> None:
+    """A live session on the gateway, through the real webhook and media websocket."""
+    from websockets.asyncio.client import connect
+
+    from telephony.twilio import peer
+
+    async with httpx.AsyncClient() as http:
+        form = {"CallSid": call_sid, **CALLER}
+        assert (await http.post(gateway.url + "/twilio/voice", data=form)).status_code == 200
+    ws = await connect(gateway.runtime.stream_url)
+    await ws.send(peer.encode_connected())
+    await ws.send(peer.encode_start("MZ" + call_sid[2:], call_sid, ACCOUNT_SID, None, 1))
+    gateway.sockets = [*getattr(gateway, "sockets", []), ws]  # type: ignore[attr-defined]
+    for _ in range(100):
+        if call_sid in gateway.runtime.live:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the call did not start")
+
+
+async def test_operations_that_do_not_fit_the_state_are_409(gateway: RunningGateway) -> None:
+    call_sid = "CA" + "7" * 32
+    await start_call(gateway, call_sid)
+    session = gateway.runtime.live[call_sid]
+    gateway.call_in_loop(lambda: _pause(session))
+    async with httpx.AsyncClient(headers=API) as http:
+        paused = await http.post(f"{gateway.url}/api/sessions/{call_sid}/say", json={"text": "x"})
+        assert paused.status_code == 409 and "paused" in paused.json()["detail"]
+        no_twilio = await http.post(
+            f"{gateway.url}/api/sessions/{call_sid}/transfer", json={"to": "+15550100003"}
+        )
+        assert no_twilio.status_code == 503
+        assert (await http.post(f"{gateway.url}/api/sessions/{call_sid}/hangup")).is_success
+        ended = await http.post(f"{gateway.url}/api/sessions/{call_sid}/say", json={"text": "x"})
+        assert ended.status_code == 409  # not live here any more, or recorded as ended
+
+
+async def _pause(session) -> None:
+    session.pause()
+
+
+async def test_outbound_call_and_transfer_through_twilio(
+    twilio_gateway: RunningGateway, twilio: FakeTwilioApi
+) -> None:
+    gateway = twilio_gateway
+    async with httpx.AsyncClient(headers=API) as http:
+        body = {"to": "+15550100003", "from": "+15550100004", "route": "+15550100002"}
+        placed = await http.post(f"{gateway.url}/api/calls", json=body)
+        assert placed.status_code == 201, placed.text
+        created = twilio.requests_to("Calls.json")[-1]
+        assert created.form["Url"].endswith("/twilio/voice?route=%2B15550100002")
+        bad = await http.post(f"{gateway.url}/api/calls", json={**body, "to": "555"})
+        assert bad.status_code == 422
+        twilio.fail_next(500)
+        refused = await http.post(f"{gateway.url}/api/calls", json=body)
+        assert refused.status_code == 502
+
+
+def test_routes_cli_sets_shows_and_deletes(gateway: RunningGateway, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    env = {"API_TOKEN": "test-api-token", "PATH": "/usr/bin:/bin"}
+    cli = [sys.executable, "-m", "gateway", "routes", "--url", gateway.url]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*cli, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+
+    made = run(
+        "set", "+15550100077", "--greeting", "Hello from the CLI.", "--max-turn-seconds", "30"
+    )
+    assert made.returncode == 0, made.stderr
+    assert '"greeting": "Hello from the CLI."' in run("get", "+15550100077").stdout
+    assert "+15550100077" in run("list").stdout
+    bad = run("set", "+15550100077", "--tts", "nope")
+    assert bad.returncode == 1 and "HTTP 422" in bad.stderr
+    assert run("delete", "+15550100077").returncode == 0
+    missing = run("get", "+15550100077")
+    assert missing.returncode == 1 and "HTTP 404" in missing.stderr
