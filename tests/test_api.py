@@ -126,10 +126,15 @@ async def start_call(gateway: RunningGateway, call_sid: str) -> None:
 
     from telephony.twilio import peer
 
+    checker = gateway.runtime.signature_checker
+    form = {"CallSid": call_sid, **CALLER}
+    url = gateway.url + "/twilio/voice"
+    headers = {"X-Twilio-Signature": checker.sign(url, form)} if checker else {}
     async with httpx.AsyncClient() as http:
-        form = {"CallSid": call_sid, **CALLER}
-        assert (await http.post(gateway.url + "/twilio/voice", data=form)).status_code == 200
-    ws = await connect(gateway.runtime.stream_url)
+        assert (await http.post(url, data=form, headers=headers)).status_code == 200
+    stream_url = gateway.runtime.stream_url
+    signature = {"X-Twilio-Signature": checker.sign(stream_url, {})} if checker else {}
+    ws = await connect(stream_url, additional_headers=signature)
     await ws.send(peer.encode_connected())
     await ws.send(peer.encode_start("MZ" + call_sid[2:], call_sid, ACCOUNT_SID, None, 1))
     gateway.sockets = [*getattr(gateway, "sockets", []), ws]  # type: ignore[attr-defined]
@@ -201,3 +206,24 @@ def test_routes_cli_sets_shows_and_deletes(gateway: RunningGateway, tmp_path) ->
     assert run("delete", "+15550100077").returncode == 0
     missing = run("get", "+15550100077")
     assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+
+
+async def test_transfer_redirects_the_live_call_with_a_dial(
+    twilio_gateway: RunningGateway, twilio: FakeTwilioApi
+) -> None:
+    call_sid = twilio.add_call(sid="CA" + "8" * 32)
+    await start_call(twilio_gateway, call_sid)
+    async with httpx.AsyncClient(headers=API) as http:
+        url = f"{twilio_gateway.url}/api/sessions/{call_sid}/transfer"
+        bad = await http.post(url, json={"to": "not a number"})
+        assert bad.status_code == 422
+        moved = await http.post(url, json={"to": "+15550100099"})
+        assert moved.status_code == 200, moved.text
+    update = twilio.requests_to(f"Calls/{call_sid}.json")[-1]
+    assert "<Dial>+15550100099</Dial>" in update.form["Twiml"]
+    for _ in range(100):
+        if call_sid not in twilio_gateway.runtime.live:
+            break
+        await asyncio.sleep(0.05)
+    record = twilio_gateway.record(call_sid)
+    assert record is not None and record.end_reason == "transferred"
