@@ -38,6 +38,7 @@ test: $(STAMP) system-deps lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.media_path
+	$(BIN)/python -m bench.turn_overhead
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from providers.vad.webrtc import WebRtcVad
+from session.audio import StreamingResampler
 from session.config import Config
 from session.session import VoiceSession
 from telephony.g711 import pcm_to_ulaw, ulaw_to_pcm
@@ -113,6 +114,16 @@ def run(repeat: int, fixture: Path) -> list[tuple[str, float]]:
 
     cost = _per_op_us(outbound, len(pcm_frames), repeat)
     results.append(("outbound 20 ms frame (ulaw+b64+JSON)", cost))
+
+    upsample = StreamingResampler(8000, 16000)
+
+    def resample() -> None:
+        for pcm in pcm_frames:
+            upsample.process(pcm)
+
+    results.append(
+        ("resampler 8 -> 16 kHz (20 ms frame)", _per_op_us(resample, len(pcm_frames), repeat))
+    )
 
     async def session_cost() -> float:
         session = VoiceSession(
