@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from gateway import api, media_socket, twilio_webhooks
 from gateway.call_control import command_handler
+from gateway.draining import Drainer
 from gateway.runtime import GatewayRuntime
 from infra.settings import Settings
 
@@ -27,7 +28,10 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
             # Loading a recogniser takes a while; do it before the first caller waits for it.
             await warm_up()
         await runtime.start(command_handler(runtime))
+        drainer = Drainer(runtime, settings.drain_timeout)
+        drainer.install()
         yield
+        drainer.uninstall()
         await runtime.aclose()
 
     app = FastAPI(title="voice-gateway", version="0.1.0", lifespan=lifespan)
@@ -44,13 +48,15 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
     def readyz() -> JSONResponse:
         # Degraded still takes calls: they run without the store and catch up later.
         backlog = runtime.writer.backlog
+        status = "draining" if runtime.draining else "degraded" if runtime.degraded else "ready"
         return JSONResponse(
-            {
-                "status": "degraded" if runtime.degraded else "ready",
+            status_code=503 if runtime.draining else 200,
+            content={
+                "status": status,
                 "instance": runtime.instance_id,
                 "live_calls": len(runtime.live),
                 "store_backlog": {"sessions": backlog.sessions, "events": backlog.events},
-            }
+            },
         )
 
     return app

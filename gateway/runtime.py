@@ -60,6 +60,9 @@ class GatewayRuntime:
         )
         self.stream_url = stream_url_for(settings.public_url)
         self._call_timers: dict[str, asyncio.TimerHandle] = {}
+        self.draining = False  # set on the first SIGTERM: new calls are refused
+        self.no_calls = asyncio.Event()  # set while this instance carries no call
+        self.no_calls.set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewayRuntime:
@@ -169,6 +172,7 @@ class GatewayRuntime:
             )
         )
         self.live[session.session_id] = session
+        self.no_calls.clear()
         session.on_event(self._recorder(session.session_id))
         transport.listener = session
         log.info(
@@ -217,7 +221,10 @@ class GatewayRuntime:
         if timer is not None:
             timer.cancel()
         await session.stop(reason)
-        if self.live.pop(session.session_id, None) is not None:
+        removed = self.live.pop(session.session_id, None)
+        if not self.live:
+            self.no_calls.set()
+        if removed is not None:
             log.info(
                 "call %s ended: %s, %d turns, %d interruptions",
                 session.session_id,

@@ -35,6 +35,13 @@ async def _verified_form(request: Request) -> dict[str, str]:
 async def voice(request: Request) -> Response:
     form = await _verified_form(request)
     runtime: GatewayRuntime = request.app.state.runtime
+    if runtime.draining:
+        # Twilio treats a 5xx as a failed webhook and tries the number's fallback URL.
+        raise HTTPException(
+            status_code=503,
+            detail="this instance is draining; try another",
+            headers={"Retry-After": "5"},
+        )
     call_sid = form.get("CallSid", "")
     if not call_sid:
         raise HTTPException(status_code=400, detail="CallSid is required")

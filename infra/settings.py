@@ -40,6 +40,7 @@ class Settings:
     instance_id: str = ""
     heartbeat_interval: float = 5.0
     heartbeat_ttl: float = 15.0
+    drain_timeout: float = 3600.0
     stt_provider: str = "pocketsphinx"
     tts_provider: str = "espeak"
     vad_provider: str = "webrtc"
@@ -166,6 +167,7 @@ def load_settings(
         or f"{socket.gethostname()}-{os.getpid()}",
         heartbeat_interval=heartbeat_interval,
         heartbeat_ttl=heartbeat_ttl,
+        drain_timeout=_positive_float(values, "DRAIN_TIMEOUT", 3600.0),
         stt_provider=values.get("STT_PROVIDER", "").strip() or "pocketsphinx",
         tts_provider=values.get("TTS_PROVIDER", "").strip() or "espeak",
         vad_provider=values.get("VAD_PROVIDER", "").strip() or "webrtc",

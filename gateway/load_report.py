@@ -1,0 +1,300 @@
+"""What a load run measured: per-call results folded into one report, and the gateway's
+CPU and memory read from /proc.
+
+Pure functions and plain dataclasses, apart from the two /proc readers, so the arithmetic is
+tested without a load run. psutil is not a dependency: /proc has what is needed on Linux.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CallResult",
+    "GatewayUsage",
+    "LoadReport",
+    "Percentiles",
+    "ProcessProbe",
+    "build_report",
+    "parse_proc_stat_ticks",
+    "parse_vm_rss_bytes",
+    "percentile",
+    "summary_line",
+]
+
+MB = 1024 * 1024
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) of sorted `values`, interpolating between ranks.
+
+    The input must already be sorted: the report sorts each series once and asks for several
+    percentiles of it. An empty series has no percentile: NaN.
+    """
+    if not values:
+        return math.nan
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be within [0, 100], got {q}")
+    rank = (len(values) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (rank - low)
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    """A distribution in milliseconds (None when there were no samples)."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+
+    @classmethod
+    def of_seconds(cls, values: Iterable[float]) -> Percentiles:
+        ordered = sorted(values)
+        if not ordered:
+            return cls(0, None, None, None, None)
+
+        def ms(q: float) -> float:
+            return round(percentile(ordered, q) * 1000, 3)
+
+        return cls(len(ordered), ms(50), ms(95), ms(99), ms(100))
+
+
+@dataclass(slots=True)
+class CallResult:
+    """What one simulated caller saw. A call fails on its first error and hangs up."""
+
+    error: str | None = None
+    failure: str | None = None  # the error's category, for counting like with like
+    latencies: list[float] = field(default_factory=list)  # seconds, one per answered turn
+    missing: int = 0  # turns with no reply within the reply timeout
+    unfinished: int = 0  # turns cut off by the end of the run before they could be judged
+    underruns: int = 0
+    underrun_seconds: float = 0.0
+    reply_seconds: float = 0.0  # audio played plus gaps, greeting included
+    frames_sent: int = 0
+
+    def fail(self, failure: str, error: str) -> None:
+        if self.error is None:
+            self.failure, self.error = failure, error
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# -- the gateway process, from /proc
+
+
+def parse_proc_stat_ticks(text: str) -> int:
+    """utime + stime, in clock ticks, from the text of /proc/PID/stat.
+
+    The command name (field 2) is in parentheses and may itself hold spaces or parentheses,
+    so the fields are counted from the last ')': the field after it is field 3 (state), which
+    puts utime (field 14) and stime (field 15) at offsets 11 and 12.
+    """
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def parse_vm_rss_bytes(text: str) -> int:
+    """Resident set size from the text of /proc/PID/status (the kernel writes it in kB)."""
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            value, unit = line.split()[1:3]
+            if unit != "kB":
+                raise ValueError(f"unexpected VmRSS unit {unit!r}")
+            return int(value) * 1024
+    raise ValueError("no VmRSS line (a kernel thread, or the process is a zombie)")
+
+
+class ProcessProbe:
+    """CPU time and RSS of one process. Only that pid: a gateway run with worker processes
+    needs one probe per worker (children are not summed, since /proc/PID/stat's cutime only
+    counts children that have exited and been waited for)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._stat = Path(f"/proc/{pid}/stat")
+        self._status = Path(f"/proc/{pid}/status")
+        self._tick = 1 / os.sysconf("SC_CLK_TCK")
+        self.cpu_seconds()  # fails now, with the pid in the message, if it is not there
+
+    def cpu_seconds(self) -> float:
+        try:
+            return parse_proc_stat_ticks(self._stat.read_text()) * self._tick
+        except FileNotFoundError:
+            raise ProcessLookupError(f"no process with pid {self.pid}") from None
+
+    def rss_bytes(self) -> int:
+        try:
+            return parse_vm_rss_bytes(self._status.read_text())
+        except FileNotFoundError:
+            raise ProcessLookupError(f"no process with pid {self.pid}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayUsage:
+    """The gateway's cost over the steady part of the run (every call up)."""
+
+    pid: int
+    window_seconds: float
+    cpu_seconds: float
+    cpu_percent: float  # of one core
+    cpu_ms_per_call_second: float
+    rss_start_mb: float
+    rss_peak_mb: float
+    rss_per_call_mb: float  # (peak - start) / calls
+
+    @classmethod
+    def measure(
+        cls,
+        pid: int,
+        *,
+        calls: int,
+        window_seconds: float,
+        cpu_seconds: float,
+        rss_start: int,
+        rss_peak: int,
+    ) -> GatewayUsage:
+        window = max(window_seconds, 1e-9)
+        return cls(
+            pid=pid,
+            window_seconds=round(window_seconds, 3),
+            cpu_seconds=round(cpu_seconds, 3),
+            cpu_percent=round(100 * cpu_seconds / window, 1),
+            cpu_ms_per_call_second=round(1000 * cpu_seconds / (window * max(calls, 1)), 3),
+            rss_start_mb=round(rss_start / MB, 1),
+            rss_peak_mb=round(rss_peak / MB, 1),
+            rss_per_call_mb=round((rss_peak - rss_start) / MB / max(calls, 1), 3),
+        )
+
+
+# -- the report
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    url: str
+    calls: int
+    ramp: float
+    duration: float
+    speech_seconds: float
+    event_loop: str
+    calls_completed: int
+    calls_failed: int
+    failures: dict[str, int]  # category -> calls
+    failure_examples: list[str]
+    turns: int  # turns judged: answered or missing
+    replies: int
+    replies_missing: int
+    unfinished_turns: int
+    latency_ms: Percentiles  # first reply audio played - the caller's last voiced frame sent
+    underruns: int
+    underrun_seconds: float
+    reply_seconds: float
+    underrun_fraction: float
+    frames_sent: int
+    late_frames: int  # sent a whole frame (20 ms) or more behind their slot
+    lateness_ms: Percentiles  # the load tool's own sends behind their real-time slot
+    client_cpu_percent: float | None  # the load tool over the steady part: near 100 = saturated
+    gateway: GatewayUsage | None
+
+    @property
+    def ok(self) -> bool:
+        return self.calls_failed == 0 and self.replies_missing == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def build_report(
+    results: Sequence[CallResult],
+    lateness: Sequence[float],
+    *,
+    url: str,
+    ramp: float,
+    duration: float,
+    speech_seconds: float,
+    event_loop: str,
+    client_cpu_percent: float | None,
+    gateway: GatewayUsage | None,
+    frame_seconds: float,
+) -> LoadReport:
+    failed = [r for r in results if not r.ok]
+    failures: dict[str, int] = {}
+    examples: list[str] = []
+    for r in failed:
+        failures[r.failure or "error"] = failures.get(r.failure or "error", 0) + 1
+        if r.error not in examples and len(examples) < 5:
+            examples.append(r.error or "")
+    latencies = [s for r in results for s in r.latencies]
+    missing = sum(r.missing for r in results)
+    reply_seconds = sum(r.reply_seconds for r in results)
+    underrun_seconds = sum(r.underrun_seconds for r in results)
+    return LoadReport(
+        url=url,
+        calls=len(results),
+        ramp=ramp,
+        duration=duration,
+        speech_seconds=speech_seconds,
+        event_loop=event_loop,
+        calls_completed=len(results) - len(failed),
+        calls_failed=len(failed),
+        failures=failures,
+        failure_examples=examples,
+        turns=len(latencies) + missing,
+        replies=len(latencies),
+        replies_missing=missing,
+        unfinished_turns=sum(r.unfinished for r in results),
+        latency_ms=Percentiles.of_seconds(latencies),
+        underruns=sum(r.underruns for r in results),
+        underrun_seconds=round(underrun_seconds, 3),
+        reply_seconds=round(reply_seconds, 3),
+        underrun_fraction=round(underrun_seconds / reply_seconds, 6) if reply_seconds else 0.0,
+        frames_sent=sum(r.frames_sent for r in results),
+        late_frames=sum(1 for x in lateness if x >= frame_seconds),
+        lateness_ms=Percentiles.of_seconds(lateness),
+        client_cpu_percent=client_cpu_percent,
+        gateway=gateway,
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def summary_line(report: LoadReport) -> str:
+    """The run in one line, for a terminal or a log."""
+    lat, late = report.latency_ms, report.lateness_ms
+    parts = [
+        f"load {report.calls} calls: {report.calls_completed} completed, "
+        f"{report.calls_failed} failed" + (f" {report.failures}" if report.failures else ""),
+        f"{report.replies}/{report.turns} replies "
+        f"(p50 {_ms(lat.p50)} / p95 {_ms(lat.p95)} / p99 {_ms(lat.p99)} ms), "
+        f"{report.replies_missing} missing",
+        f"underruns {report.underruns} ({report.underrun_fraction:.2%} of reply time)",
+        f"send lateness p50 {late.p50 or 0:.1f} / p99 {late.p99 or 0:.1f} / "
+        f"max {late.max or 0:.1f} ms",
+    ]
+    if report.client_cpu_percent is not None:
+        parts.append(f"load tool CPU {report.client_cpu_percent:.0f}%")
+    g = report.gateway
+    if g is not None:
+        parts.append(
+            f"gateway CPU {g.cpu_percent:.0f}% ({g.cpu_ms_per_call_second:.2f} ms/call-s), "
+            f"RSS {g.rss_start_mb:.0f}->{g.rss_peak_mb:.0f} MB ({g.rss_per_call_mb:.2f} MB/call)"
+        )
+    return "; ".join(parts)
