@@ -45,6 +45,7 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ({"HEARTBEAT_TTL": "-1"}, "HEARTBEAT_TTL"),
         ({"HEARTBEAT_INTERVAL": "10", "HEARTBEAT_TTL": "5"}, "HEARTBEAT_TTL"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({"DRAIN_TIMEOUT": "0"}, "DRAIN_TIMEOUT"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),
         ({"TWILIO_API_BASE_URL": "api.twilio.com"}, "TWILIO_API_BASE_URL"),
