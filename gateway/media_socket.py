@@ -9,6 +9,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gateway.runtime import GatewayRuntime
+from session.errors import SessionError
 from session.session import VoiceSession
 from telephony.twilio.messages import Start
 from telephony.twilio.transport import TwilioTransport
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
 
 
 @router.websocket("/twilio/stream")
@@ -44,7 +46,13 @@ async def media_stream(websocket: WebSocket) -> None:
             if event is None:
                 _record_protocol_error(runtime, transport, session)
             elif session is None and isinstance(event, Start):
-                session = await runtime.start_call(event, transport)
+                try:
+                    session = await runtime.start_call(event, transport)
+                except SessionError as exc:
+                    # The record says why (state ended, reason error); Twilio hangs up.
+                    log.error("call %s could not start: %s", event.call_sid, exc)
+                    await websocket.close(INTERNAL_ERROR, "the call could not start")
+                    return
         else:
             reason = "stop"
     except WebSocketDisconnect:

@@ -182,7 +182,11 @@ class GatewayRuntime:
             metadata["to"] or "?",
             route.number,
         )
-        await session.start()
+        try:
+            await session.start()
+        except Exception:
+            await self.end_call(session, "error")
+            raise
         loop = asyncio.get_running_loop()
         self._call_timers[session.session_id] = loop.call_later(
             route.limits.max_call_seconds,

@@ -216,6 +216,7 @@ class VoiceSession:
             self.error = exc
             self.end_reason = "error"
             self._set_state(S.ENDED)
+            self._emit("ended", reason="error")
             self.telemetry.session_ended("error")
             raise
         self._spawn(self._stt_loop(), "stt")

@@ -231,3 +231,23 @@ def test_serve_command_starts_warns_and_rejects_bad_settings(tmp_path) -> None:
         timeout=60,
     )
     assert unknown.returncode == 2 and "nope" in unknown.stderr
+
+
+async def test_a_call_whose_recogniser_cannot_open_is_closed_with_1011() -> None:
+    env = {
+        "STT_PROVIDER": "deepgram",
+        "DEEPGRAM_API_KEY": "test-key",
+        "DEEPGRAM_URL": f"ws://127.0.0.1:{free_port()}",  # nothing listens there
+    }
+    call_sid = "CA" + "6" * 32
+    with run_gateway(env) as gateway:
+        async with connect(gateway.runtime.stream_url) as ws:
+            await ws.send(peer.encode_connected())
+            await ws.send(peer.encode_start("MZ" + "6" * 32, call_sid, "AC" + "0" * 32, None, 1))
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 30)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1011
+        assert gateway.runtime.live == {}
+        record = gateway.record(call_sid)
+        assert record is not None and record.end_reason == "error"
