@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench setup system-deps clean
 
-# Tests start their own redis-server on a free port; install it where it is missing.
+# Tests start their own redis-server on a free port and use sipp as the SIP peer (its
+# recordings too); install them where they are missing.
 system-deps:
-	@command -v redis-server >/dev/null || { \
-		echo "installing redis-server (tests run their own instance)"; \
-		apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null && command -v sipp >/dev/null || { \
+		echo "installing redis-server and sip-tester (sipp) for the tests"; \
+		apt-get update -qq && apt-get install -y -qq redis-server sip-tester >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
