@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from gateway import api, media_socket, twilio_webhooks
+from gateway import api, media_socket, metrics_route, twilio_webhooks
 from gateway.call_control import command_handler
 from gateway.draining import Drainer
 from gateway.runtime import GatewayRuntime
 from infra.settings import Settings
 
+if TYPE_CHECKING:
+    from infra.telemetry_export import TelemetryHandles
+
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    runtime: GatewayRuntime | None = None,
+    telemetry: TelemetryHandles | None = None,
+) -> FastAPI:
     runtime = runtime or GatewayRuntime.from_settings(settings)
 
     @asynccontextmanager
@@ -33,12 +42,17 @@ def create_app(settings: Settings, runtime: GatewayRuntime | None = None) -> Fas
         yield
         drainer.uninstall()
         await runtime.aclose()
+        if telemetry is not None:
+            # Flushed here, not at exit: uvicorn ends a SIGTERMed process by raising the
+            # signal again once it has shut down, and exit hooks never run.
+            await asyncio.to_thread(telemetry.shutdown)
 
     app = FastAPI(title="voice-gateway", version="0.1.0", lifespan=lifespan)
     app.state.runtime = runtime
     app.include_router(twilio_webhooks.router)
     app.include_router(media_socket.router)
     app.include_router(api.router)
+    app.include_router(metrics_route.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -19,29 +19,34 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voice-gateway: invalid setting: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if args.workers != 1:
+        from gateway.workers import check_workers, serve_workers
+
+        problem = check_workers(settings, args.workers)
+        if problem is not None:
+            print(f"voice-gateway: {problem}", file=sys.stderr)
+            return 2
+        _announce(settings)
+        return serve_workers(settings, args.workers)
     _announce(settings)
 
     import uvicorn
 
     from gateway.app import create_app
     from gateway.provider_wiring import ProviderConfigError
+    from gateway.workers import SERVER_OPTIONS
+    from infra.telemetry_export import configure_telemetry
     from providers.registry import UnknownProviderError
     from session.errors import SessionError
 
+    telemetry = configure_telemetry(settings)
     try:
-        app = create_app(settings)
+        app = create_app(settings, telemetry=telemetry)
     except (UnknownProviderError, ProviderConfigError, SessionError) as exc:
+        telemetry.shutdown()
         print(f"voice-gateway: invalid setting: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        # The cheapest websocket implementation uvicorn has, per message (measured).
-        ws="websockets-sansio",
-        log_config=None,
-        access_log=False,
-    )
+    uvicorn.run(app, host=settings.host, port=settings.port, **SERVER_OPTIONS)
     return 0
 
 
@@ -88,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (default 1); more than one needs REDIS_URL",
+    )
     serve.set_defaults(func=_serve)
 
     call = sub.add_parser(

@@ -7,9 +7,10 @@ collectors. Without `configure_telemetry` only the latter appear.
 No authentication, as usual for a scrape endpoint (restrict it at the network edge if need
 be): what it exposes is counts and latencies, never secrets or call identities. The session's
 metric attributes are `code` (an error code) and `operation` (a latency name), both from fixed
-vocabularies; session and call ids only ever go on spans, which are not served here. The
-`target_info` series carries the resource: service name, `INSTANCE_ID`, SDK version, and
-whatever the operator put in `OTEL_RESOURCE_ATTRIBUTES`.
+vocabularies; FastAPI's HTTP metrics are labelled by route template, not by the ids in a
+path. Session and call ids only ever go on spans, which are not served here. The `target_info`
+series carries the resource: service name, `INSTANCE_ID`, SDK version, and whatever the
+operator put in `OTEL_RESOURCE_ATTRIBUTES`.
 """
 
 from __future__ import annotations

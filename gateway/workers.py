@@ -1,0 +1,161 @@
+"""`voice-gateway serve --workers K`: K gateway processes answering on one port.
+
+uvicorn's supervisor binds the port once and spawns K workers that accept from the same
+socket; the kernel hands each new connection (a webhook, a media stream) to one of them. A
+spawned process cannot be handed a built app, so each worker builds its own with
+`app_factory`, from the environment. The parent resolves what every worker must share (bind
+address, API token, instance name) and passes it down the same way.
+
+Each worker is a full gateway instance in the store, with its own heartbeat and command
+channel under `INSTANCE_ID-<pid>`. A call's webhook and its media stream may reach different
+workers, which is the multi-instance case the Redis store already handles; the embedded store
+lives inside one process and cannot, hence REDIS_URL is required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from infra.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+APP_FACTORY = "gateway.workers:app_factory"
+# Bind address handed from the parent to its workers (usable when running uvicorn directly).
+HOST_ENV = "VOICE_GATEWAY_HOST"
+PORT_ENV = "VOICE_GATEWAY_PORT"
+
+# uvicorn options shared by the single-process and the worker server. `websockets-sansio` is
+# the cheapest websocket implementation uvicorn has, per message (measured).
+SERVER_OPTIONS: dict[str, Any] = {
+    "ws": "websockets-sansio",
+    "log_config": None,
+    "access_log": False,
+}
+
+
+def check_workers(settings: Settings, workers: int) -> str | None:
+    """Why these settings cannot run `workers` processes (a message for the user), or None."""
+    if workers < 1:
+        return f"--workers must be at least 1, got {workers}"
+    if workers > 1 and not settings.redis_url:
+        return (
+            f"--workers {workers} needs REDIS_URL: the embedded store lives inside one "
+            "process, so workers would not see each other's calls, routes or commands"
+        )
+    return _check_providers(settings)
+
+
+def _check_providers(settings: Settings) -> str | None:
+    # Reported once here rather than by every worker, and uvicorn's supervisor would only
+    # say that a worker failed to start.
+    from gateway.provider_wiring import ProviderCatalog, ProviderConfigError
+    from providers.registry import UnknownProviderError
+    from session.errors import SessionError
+
+    try:
+        catalog = ProviderCatalog(settings)
+    except (UnknownProviderError, ProviderConfigError, SessionError) as exc:
+        return f"invalid setting: {exc}"
+    asyncio.run(catalog.aclose())
+    return None
+
+
+def handoff_env(settings: Settings) -> dict[str, str]:
+    """What every worker must share with the parent, as environment variables.
+
+    Without it each worker would draw its own random API token, and a default INSTANCE_ID
+    (host and pid) would name the worker rather than the deployment.
+    """
+    return {
+        HOST_ENV: settings.host,
+        PORT_ENV: str(settings.port),
+        "INSTANCE_ID": settings.instance_id,
+        "API_TOKEN": settings.api_token,
+    }
+
+
+def serve_workers(settings: Settings, workers: int) -> int:
+    """Runs `workers` processes on the settings' port until signalled; `check_workers` first."""
+    import uvicorn
+
+    # Spawned workers inherit the environment: that is how they receive the shared values.
+    os.environ.update(handoff_env(settings))
+    log.info(
+        "%d workers on port %d as %s-<pid>; /metrics answers for the worker that takes the "
+        "scrape (series carry service_instance_id); OTLP gives every worker's",
+        workers,
+        settings.port,
+        settings.instance_id,
+    )
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        workers=workers,
+        host=settings.host,
+        port=settings.port,
+        **SERVER_OPTIONS,
+    )
+    return 0
+
+
+def worker_settings(env: Mapping[str, str] | None = None, pid: int | None = None) -> Settings:
+    """One worker's settings: the environment's, named `INSTANCE_ID-<pid>`.
+
+    Distinct names keep the workers' heartbeats and command channels apart in the store.
+    """
+    values = os.environ if env is None else env
+    raw_port = values.get(PORT_ENV, "").strip()
+    try:
+        port = int(raw_port) if raw_port else None
+    except ValueError:
+        raise SettingsError(f"{PORT_ENV} must be a port number, got {raw_port!r}") from None
+    settings = load_settings(host=values.get(HOST_ENV) or None, port=port, env=env)
+    suffix = f"-{os.getpid() if pid is None else pid}"
+    if settings.instance_id.endswith(suffix):  # the default name already carries the pid
+        return settings
+    return dataclasses.replace(settings, instance_id=settings.instance_id + suffix)
+
+
+def app_factory() -> FastAPI:
+    """Builds one worker's app; uvicorn calls it in each worker process."""
+    from gateway.app import create_app
+    from gateway.provider_wiring import ProviderConfigError
+    from infra.logging import configure_logging
+    from infra.telemetry_export import configure_telemetry
+    from providers.registry import UnknownProviderError
+    from session.errors import SessionError
+
+    try:
+        settings = worker_settings()
+    except SettingsError as exc:
+        _startup_failure(f"invalid setting: {exc}")
+    configure_logging(settings.log_level, settings.log_format)
+    # Per worker: a spawned process starts with none of the parent's providers, and each
+    # worker counts its own calls. The app's shutdown flushes them.
+    telemetry = configure_telemetry(settings, instance_label=True)
+    try:
+        app = create_app(settings, telemetry=telemetry)
+    except (UnknownProviderError, ProviderConfigError, SessionError) as exc:
+        telemetry.shutdown()
+        _startup_failure(f"invalid setting: {exc}")
+    log.info("worker %s ready", settings.instance_id)
+    return app
+
+
+def _startup_failure(message: str) -> NoReturn:
+    from uvicorn.config import STARTUP_FAILURE
+
+    # This exit code tells uvicorn's supervisor to stop rather than restart the worker
+    # forever: the same settings would fail the same way.
+    print(f"voice-gateway worker: {message}", file=sys.stderr)
+    sys.exit(STARTUP_FAILURE)
