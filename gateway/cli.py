@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.routes_cli import add_routes_parser
 
     add_routes_parser(sub)
+
+    from gateway.load import add_load_parser
+
+    add_load_parser(sub)
     return parser
 
 

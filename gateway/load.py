@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import binascii
 import contextlib
 import functools
+import gc
 import math
 import sys
 import time
@@ -35,7 +37,7 @@ from array import array
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import numpy as np
@@ -58,10 +60,11 @@ from gateway.caller import (
 from gateway.caller_playout import PlayoutBuffer, Reply
 from gateway.load_report import (
     CallResult,
-    GatewayUsage,
     LoadReport,
     ProcessProbe,
+    SteadyMeasurement,
     build_report,
+    measure_steady_part,
     summary_line,
 )
 from telephony.g711 import pcm_to_ulaw
@@ -84,6 +87,7 @@ __all__ = [
     "media_template",
     "new_event_loop",
     "run_load",
+    "start_offset",
     "vowel_pcm",
 ]
 
@@ -145,8 +149,6 @@ class CallerAudio:
 
 
 def _b64(data: bytes) -> bytes:
-    import binascii
-
     return binascii.b2a_base64(data, newline=False)
 
 
@@ -192,8 +194,8 @@ class _StreamLink(asyncio.Protocol):
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports have the asyncio.Transport methods without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         request = self.ws.connect()
         for name, value in self._headers.items():
             request.headers[name] = value
@@ -206,9 +208,8 @@ class _StreamLink(asyncio.Protocol):
         for event in ws.events_received():
             if type(event) is Frame:
                 self._frame(event)
-            elif type(event) is Response and not self.opened.done():
-                if ws.handshake_exc is None:
-                    self.opened.set_result(None)
+            elif type(event) is Response and ws.handshake_exc is None and not self.opened.done():
+                self.opened.set_result(None)
         if ws.handshake_exc is not None and not self.opened.done():
             self.opened.set_exception(_refusal(ws.handshake_exc))
         if ws.parser_exc is not None:
@@ -261,8 +262,10 @@ class _StreamLink(asyncio.Protocol):
         elif opcode is Opcode.CLOSE:
             code = self.ws.close_code
             reason = self.ws.close_reason
-            self._end(f"the gateway closed the websocket (code {code}{': ' if reason else ''}"
-                      f"{reason or ''})")
+            self._end(
+                f"the gateway closed the websocket (code {code}{': ' if reason else ''}"
+                f"{reason or ''})"
+            )
 
     def _end(self, detail: str) -> None:
         if not self.closed:
@@ -383,8 +386,9 @@ class _Caller:
         # Twilio's order: `connected` has no sequence number, `start` is number 1.
         link.send_text(encode_connected().encode())
         self.seq = 1
-        start = encode_start(self.stream_sid, self.call_sid, self.account_sid, target.parameters
-                             or None, self.seq)
+        start = encode_start(
+            self.stream_sid, self.call_sid, self.account_sid, target.parameters or None, self.seq
+        )
         link.send_text(start.encode())
         return True
 
@@ -478,12 +482,11 @@ class _Caller:
         if message.stream_sid != self.stream_sid:
             self.result.fail("bad message", f"the gateway used stream {message.stream_sid!r}")
             return
-        kind = type(message)
-        if kind is OutboundMedia:
-            self.buffer.push_audio(now, message.payload)  # type: ignore[union-attr]
+        if isinstance(message, OutboundMedia):
+            self.buffer.push_audio(now, message.payload)
             return
-        if kind is OutboundMark:
-            self.buffer.push_mark(now, message.name)  # type: ignore[union-attr]
+        if isinstance(message, OutboundMark):
+            self.buffer.push_mark(now, message.name)
         else:
             self.buffer.clear(now)
         self._send_echoes()
@@ -556,7 +559,10 @@ async def run_load(
     steady_start, end_at = t0 + ramp, t0 + ramp + duration
     callers = [
         _Caller(
-            audio, lateness, turns_per_call=turns_per_call, reply_timeout=reply_timeout,
+            audio,
+            lateness,
+            turns_per_call=turns_per_call,
+            reply_timeout=reply_timeout,
             pause=pause,
         )
         for _ in range(calls)
@@ -564,19 +570,25 @@ async def run_load(
     # Enough connections that a burst of webhooks during the ramp never queues for one.
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT, limits=limits) as http:
-        monitor = asyncio.create_task(_monitor(probe, calls, steady_start, end_at))
+        monitor = asyncio.create_task(measure_steady_part(probe, calls, steady_start, end_at))
         try:
             results = await asyncio.gather(
                 *(
-                    caller.run(http, base_url, auth_token, t0 + ramp * i / calls, end_at)
+                    caller.run(
+                        http, base_url, auth_token, t0 + start_offset(i, calls, ramp), end_at
+                    )
                     for i, caller in enumerate(callers)
                 )
             )
         finally:
-            if not monitor.done():
-                await asyncio.wait({monitor}, timeout=max(0.0, end_at - time.monotonic()) + 1)
-            monitor.cancel()
-    gateway, client_cpu = monitor.result() if not monitor.cancelled() else (None, None)
+            # Calls that all ended well before the end failed: there is no steady part to
+            # measure, and nothing to wait for.
+            if time.monotonic() < end_at - 1:
+                monitor.cancel()
+            await asyncio.wait({monitor}, timeout=2)
+    measured = SteadyMeasurement()
+    if monitor.done() and not monitor.cancelled() and monitor.exception() is None:
+        measured = monitor.result()
     return build_report(
         results,
         lateness,
@@ -585,51 +597,25 @@ async def run_load(
         duration=duration,
         speech_seconds=speech_seconds,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-        client_cpu_percent=client_cpu,
-        gateway=gateway,
+        client_cpu_percent=measured.client_cpu_percent,
+        gateway=measured.gateway,
         frame_seconds=FRAME_SECONDS,
+        host_cores=measured.host_cores,
     )
 
 
-RSS_SAMPLE_INTERVAL = 0.5
+_GOLDEN = (5**0.5 - 1) / 2
 
 
-async def _monitor(
-    probe: ProcessProbe | None, calls: int, steady_start: float, end_at: float
-) -> tuple[GatewayUsage | None, float | None]:
-    """CPU of the gateway and of this process over [steady_start, end_at], and the
-    gateway's RSS sampled all along (its peak may come during the ramp)."""
-    rss_start = rss_peak = probe.rss_bytes() if probe else 0
-    cpu_start = own_start = window_start = None
-    while (now := time.monotonic()) < end_at:
-        if cpu_start is None and now >= steady_start:
-            window_start, own_start = now, time.process_time()
-            cpu_start = probe.cpu_seconds() if probe else 0.0
-        if probe:
-            with contextlib.suppress(ProcessLookupError):
-                rss_peak = max(rss_peak, probe.rss_bytes())
-        wake = end_at if cpu_start is not None else min(end_at, steady_start)
-        await asyncio.sleep(min(RSS_SAMPLE_INTERVAL, max(0.0, wake - now)))
-    if cpu_start is None or window_start is None or own_start is None:
-        return None, None
-    window = time.monotonic() - window_start
-    own = round(100 * (time.process_time() - own_start) / window, 1) if window > 0 else None
-    if probe is None:
-        return None, own
-    try:
-        cpu = probe.cpu_seconds() - cpu_start
-        rss_peak = max(rss_peak, probe.rss_bytes())
-    except ProcessLookupError:
-        return None, own  # the gateway died: the failed calls say so
-    usage = GatewayUsage.measure(
-        probe.pid,
-        calls=calls,
-        window_seconds=window,
-        cpu_seconds=cpu,
-        rss_start=rss_start,
-        rss_peak=rss_peak,
-    )
-    return usage, own
+def start_offset(i: int, calls: int, ramp: float) -> float:
+    """When call `i` starts, after the first: evenly over the ramp, plus a share of one frame
+    that spreads the calls' 20 ms send slots over the frame.
+
+    Without it, a ramp that is a multiple of 20 ms per call (5 s for 50 calls) puts every
+    call's frames in the same millisecond, and both ends see bursts no real set of callers
+    makes. Multiples of the golden ratio, modulo 1, fill the frame evenly for any count.
+    """
+    return ramp * i / calls + (i * _GOLDEN % 1.0) * FRAME_SECONDS
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -643,6 +629,14 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a load on a fresh event loop (the CLI's and the sweep's entry point).
+
+    Everything alive at this point (modules, the precomputed audio) is moved out of the
+    collector's reach first: a full collection walking it all took ~20 ms, long enough to
+    make a few hundred frames late at once (measured).
+    """
+    gc.collect()
+    gc.freeze()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(coro)
 
@@ -661,17 +655,36 @@ def add_load_parser(sub: Any) -> None:
         "names a file). Exit status 1 when a call failed or a reply was missing.",
     )
     load.add_argument("--calls", type=int, required=True, metavar="N", help="concurrent calls")
-    load.add_argument("--ramp", type=float, default=10.0, metavar="S",
-                      help="seconds over which calls start (default 10)")
-    load.add_argument("--duration", type=float, default=30.0, metavar="T",
-                      help="seconds with every call up (default 30)")
+    load.add_argument(
+        "--ramp",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds over which calls start (default 10)",
+    )
+    load.add_argument(
+        "--duration",
+        type=float,
+        default=30.0,
+        metavar="T",
+        help="seconds with every call up (default 30)",
+    )
     load.add_argument("--url", help="gateway base URL (default: PUBLIC_URL or local)")
-    load.add_argument("--gateway-pid", type=int, metavar="PID",
-                      help="the gateway's pid, for its CPU and RSS (that process only)")
-    load.add_argument("--turns-per-call", type=int, metavar="K",
-                      help="at most K turns per call, then silence (default: no limit)")
-    load.add_argument("--speech-seconds", type=float, default=1.0,
-                      help="length of each utterance (default 1.0)")
+    load.add_argument(
+        "--gateway-pid",
+        type=int,
+        metavar="PID",
+        help="the gateway's pid, for its CPU and RSS (that process only)",
+    )
+    load.add_argument(
+        "--turns-per-call",
+        type=int,
+        metavar="K",
+        help="at most K turns per call, then silence (default: no limit)",
+    )
+    load.add_argument(
+        "--speech-seconds", type=float, default=1.0, help="length of each utterance (default 1.0)"
+    )
     load.add_argument("--json", metavar="FILE", help="write the JSON report here")
     load.set_defaults(func=main_load)
 

@@ -1,15 +1,19 @@
 """What a load run measured: per-call results folded into one report, and the gateway's
-CPU and memory read from /proc.
+CPU and memory read from /proc over the steady part of the run.
 
-Pure functions and plain dataclasses, apart from the two /proc readers, so the arithmetic is
-tested without a load run. psutil is not a dependency: /proc has what is needed on Linux.
+Pure functions and plain dataclasses, apart from the /proc readers and the sampling task, so
+the arithmetic is tested without a load run. psutil is not a dependency: on Linux, /proc has
+everything needed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,14 +21,20 @@ from typing import Any
 
 __all__ = [
     "CallResult",
+    "CoreTicks",
     "GatewayUsage",
     "LoadReport",
     "Percentiles",
     "ProcessProbe",
+    "SteadyMeasurement",
     "build_report",
+    "core_usage",
+    "measure_steady_part",
+    "parse_core_ticks",
     "parse_proc_stat_ticks",
     "parse_vm_rss_bytes",
     "percentile",
+    "read_core_ticks",
     "summary_line",
 ]
 
@@ -142,6 +152,46 @@ class ProcessProbe:
             raise ProcessLookupError(f"no process with pid {self.pid}") from None
 
 
+# -- the host, from /proc/stat: is anything else using the cores?
+
+CoreTicks = dict[str, tuple[int, int, int]]  # core -> (busy, steal, total) clock ticks
+
+
+def parse_core_ticks(text: str) -> CoreTicks:
+    """Per-core tick counters from the text of /proc/stat.
+
+    Busy is user + nice + system + irq + softirq (guest time is already inside user); steal is
+    time the hypervisor gave this virtual core to someone else, which no process here sees.
+    """
+    cores: CoreTicks = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit()):
+            continue
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, rest.split()[:8])
+        busy = user + nice + system + irq + softirq
+        cores[name] = (busy, steal, busy + idle + iowait + steal)
+    return cores
+
+
+def read_core_ticks() -> CoreTicks:
+    return parse_core_ticks(Path("/proc/stat").read_text())
+
+
+def core_usage(before: CoreTicks, after: CoreTicks) -> dict[str, dict[str, float]]:
+    """Busy and stolen share of each core between two readings, in percent."""
+    usage = {}
+    for core, (busy1, steal1, total1) in after.items():
+        busy0, steal0, total0 = before.get(core, (busy1, steal1, total1))
+        total = total1 - total0
+        if total > 0:
+            usage[core] = {
+                "busy_percent": round(100 * (busy1 - busy0) / total, 1),
+                "steal_percent": round(100 * (steal1 - steal0) / total, 1),
+            }
+    return usage
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayUsage:
     """The gateway's cost over the steady part of the run (every call up)."""
@@ -179,6 +229,61 @@ class GatewayUsage:
         )
 
 
+RSS_SAMPLE_INTERVAL = 0.5
+
+
+@dataclass(slots=True)
+class SteadyMeasurement:
+    """What `measure_steady_part` found; None where it could not measure."""
+
+    gateway: GatewayUsage | None = None
+    client_cpu_percent: float | None = None
+    host_cores: dict[str, dict[str, float]] | None = None
+
+
+async def measure_steady_part(
+    probe: ProcessProbe | None, calls: int, steady_start: float, end_at: float
+) -> SteadyMeasurement:
+    """CPU of the gateway, of this process and of every core over [steady_start, end_at],
+    and the gateway's RSS sampled all along (its peak may come during the ramp)."""
+    measured = SteadyMeasurement()
+    rss_start = rss_peak = probe.rss_bytes() if probe else 0
+    started: tuple[float, float, float, CoreTicks] | None = None
+    while (now := time.monotonic()) < end_at:
+        if started is None and now >= steady_start:
+            cpu = probe.cpu_seconds() if probe else 0.0
+            started = (now, time.process_time(), cpu, read_core_ticks())
+        if probe:
+            with contextlib.suppress(ProcessLookupError):
+                rss_peak = max(rss_peak, probe.rss_bytes())
+        wake = end_at if started is not None else min(end_at, steady_start)
+        await asyncio.sleep(min(RSS_SAMPLE_INTERVAL, max(0.0, wake - now)))
+    if started is None:
+        return measured
+    window_start, own_start, cpu_start, cores_start = started
+    window = time.monotonic() - window_start
+    if window <= 0:
+        return measured
+    measured.client_cpu_percent = round(100 * (time.process_time() - own_start) / window, 1)
+    measured.host_cores = core_usage(cores_start, read_core_ticks())
+    if probe is None:
+        return measured
+    try:
+        cpu = probe.cpu_seconds() - cpu_start
+        rss_peak = max(rss_peak, probe.rss_bytes())
+    except ProcessLookupError:
+        return measured  # the gateway died: the failed calls say so
+    measured.gateway = GatewayUsage.measure(
+        probe.pid,
+        calls=calls,
+        window_seconds=window,
+        cpu_seconds=cpu,
+        rss_start=rss_start,
+        rss_peak=rss_peak,
+    )
+    return measured
+
+
 # -- the report
 
 
@@ -208,6 +313,9 @@ class LoadReport:
     lateness_ms: Percentiles  # the load tool's own sends behind their real-time slot
     client_cpu_percent: float | None  # the load tool over the steady part: near 100 = saturated
     gateway: GatewayUsage | None
+    # Every core over the steady part: busy beyond the gateway's and the load tool's own CPU
+    # is another process competing; steal is the hypervisor's.
+    host_cores: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -232,6 +340,7 @@ def build_report(
     client_cpu_percent: float | None,
     gateway: GatewayUsage | None,
     frame_seconds: float,
+    host_cores: dict[str, dict[str, float]] | None = None,
 ) -> LoadReport:
     failed = [r for r in results if not r.ok]
     failures: dict[str, int] = {}
@@ -269,6 +378,7 @@ def build_report(
         lateness_ms=Percentiles.of_seconds(lateness),
         client_cpu_percent=client_cpu_percent,
         gateway=gateway,
+        host_cores=host_cores or {},
     )
 
 
@@ -297,4 +407,11 @@ def summary_line(report: LoadReport) -> str:
             f"gateway CPU {g.cpu_percent:.0f}% ({g.cpu_ms_per_call_second:.2f} ms/call-s), "
             f"RSS {g.rss_start_mb:.0f}->{g.rss_peak_mb:.0f} MB ({g.rss_per_call_mb:.2f} MB/call)"
         )
+    if report.host_cores:
+        cores = ", ".join(
+            f"{name} {u['busy_percent']:.0f}%"
+            + (f" (steal {u['steal_percent']:.0f}%)" if u["steal_percent"] >= 1 else "")
+            for name, u in report.host_cores.items()
+        )
+        parts.append(f"cores busy: {cores}")
     return "; ".join(parts)
