@@ -7,7 +7,6 @@ Running in-process lets tests look at the live call registry and the server's ev
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -21,14 +20,9 @@ from gateway.app import create_app
 from gateway.runtime import GatewayRuntime
 from infra.settings import Settings, load_settings
 from infra.store import SessionRecord
+from tests.fakes.serve import free_port
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RunningGateway:

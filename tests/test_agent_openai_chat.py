@@ -15,9 +15,9 @@ from tests.fakes.openai_server import (
     API_KEY,
     FakeOpenAI,
     error_strings,
-    free_port,
     run_fake_openai,
 )
+from tests.fakes.serve import free_port
 from tests.session_doubles import ScriptedSTT, silence, tone
 from tests.test_session_behaviours import build
 from tests.test_session_engine import feed, wait_for

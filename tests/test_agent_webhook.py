@@ -15,9 +15,9 @@ from session.session import VoiceSession
 from tests.fakes.agent_webhook_server import (
     SECRET,
     FakeAgentWebhook,
-    free_port,
     run_fake_agent,
 )
+from tests.fakes.serve import free_port
 from tests.session_doubles import LevelVAD, MemoryTransport, ScriptedSTT, ToneTTS, silence, tone
 from tests.test_session_engine import Recorder, feed, wait_for
 

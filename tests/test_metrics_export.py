@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +14,6 @@ from pathlib import Path
 import httpx
 import opentelemetry.metrics._internal as metrics_api
 import pytest
-import uvicorn
 from opentelemetry import metrics, trace
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -36,7 +33,8 @@ from gateway.caller import run_call
 from infra.settings import Settings, load_settings
 from infra.telemetry_export import TelemetryHandles, configure_telemetry
 from session.telemetry import SessionTelemetry
-from tests.gateway_server import free_port, run_gateway
+from tests.fakes.serve import serve_in_thread
+from tests.gateway_server import run_gateway
 
 FAST_PROVIDERS = {"STT_PROVIDER": "scripted", "TTS_PROVIDER": "tone", "AGENT_PROVIDER": "instant"}
 NO_DOTENV = Path("/nonexistent/.env")
@@ -230,8 +228,7 @@ class Receiver:
 @pytest.fixture
 def otlp_receiver() -> Iterator[Receiver]:
     """A collector stand-in: records each OTLP/HTTP POST and answers 200."""
-    port = free_port()
-    receiver = Receiver(f"http://127.0.0.1:{port}")
+    receiver = Receiver("")
 
     async def export(request: Request) -> Response:
         receiver.posts.append(
@@ -241,18 +238,9 @@ def otlp_receiver() -> Iterator[Receiver]:
         return Response(b"", media_type="application/x-protobuf")
 
     app = Starlette(routes=[Route("/v1/{signal}", export, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, name="otlp-receiver", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "receiver did not start"
-        time.sleep(0.02)
-    try:
+    with serve_in_thread(app, "otlp-receiver") as url:
+        receiver.url = url
         yield receiver
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_otlp_export_sends_metrics_and_traces(

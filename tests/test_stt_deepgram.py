@@ -15,7 +15,8 @@ import pytest
 from providers.stt.deepgram import DeepgramStream, DeepgramSTT
 from session.errors import ErrorCode, ProviderError
 from session.interfaces import STTStream, TranscriptEvent
-from tests.fakes.deepgram_server import API_KEY, FakeDeepgram, free_port, run_fake_deepgram
+from tests.fakes.deepgram_server import API_KEY, FakeDeepgram, run_fake_deepgram
+from tests.fakes.serve import free_port
 from tests.session_doubles import FRAME, frames, silence, tone
 from tests.test_session_behaviours import build
 from tests.test_session_engine import feed, wait_for

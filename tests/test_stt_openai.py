@@ -15,10 +15,10 @@ from tests.fakes.openai_server import (
     API_KEY,
     FakeOpenAI,
     error_strings,
-    free_port,
     read_wav,
     run_fake_openai,
 )
+from tests.fakes.serve import free_port
 from tests.session_doubles import silence, tone
 from tests.test_session_behaviours import build
 from tests.test_session_engine import feed, wait_for

@@ -15,9 +15,9 @@ from tests.fakes.deepgram_server import (
     SPEAK_CHUNK_BYTES,
     SPEAK_SECONDS_PER_CHAR,
     FakeDeepgram,
-    free_port,
     run_fake_deepgram,
 )
+from tests.fakes.serve import free_port
 from tests.session_doubles import ScriptedSTT, silence, tone
 from tests.test_session_behaviours import build
 from tests.test_session_engine import feed, wait_for

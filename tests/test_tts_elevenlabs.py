@@ -17,9 +17,9 @@ from tests.fakes.elevenlabs_server import (
     API_KEY,
     FakeElevenLabs,
     expected_audio,
-    free_port,
     run_fake_elevenlabs,
 )
+from tests.fakes.serve import free_port
 from tests.session_doubles import LevelVAD, MemoryTransport, ScriptedSTT, silence, tone
 from tests.test_session_engine import Recorder, feed, wait_for
 

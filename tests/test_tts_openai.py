@@ -13,11 +13,11 @@ from tests.fakes.openai_server import (
     SPEECH_CHUNK,
     FakeOpenAI,
     error_strings,
-    free_port,
     run_fake_openai,
     speech_seconds,
     speech_tone,
 )
+from tests.fakes.serve import free_port
 from tests.session_doubles import ScriptedSTT
 from tests.test_session_behaviours import build
 from tests.test_session_engine import wait_for

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from telephony.twilio.rest import TwilioRest, TwilioRestError, transfer_twiml
+from tests.fakes.serve import free_port
 from tests.fakes.twilio_api_server import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     FakeTwilioApi,
-    free_port,
     run_fake_twilio_api,
 )
 

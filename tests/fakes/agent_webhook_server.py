@@ -14,19 +14,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.serve import serve_in_thread
 
 SECRET = "test-secret"
 PATH = "/agent"
@@ -184,30 +183,10 @@ def _check(body: Any) -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def run_fake_agent() -> Iterator[FakeAgentWebhook]:
     fake = FakeAgentWebhook()
     app = Starlette(routes=[Route(PATH, fake.handle, methods=["POST"])])
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, name=f"fake-agent-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the fake agent server did not start")
-        time.sleep(0.01)
-    fake.url = f"http://127.0.0.1:{port}{PATH}"
-    try:
+    with serve_in_thread(app, "fake-agent") as url:
+        fake.url = url + PATH
         yield fake
-    finally:
-        server.should_exit = True
-        thread.join(10)

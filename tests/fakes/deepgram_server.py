@@ -17,12 +17,9 @@ connection dropped after some bytes, a `Finalize` left unanswered or answered la
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
-import socket
 import struct
-import threading
 import time
 import uuid
 from collections import deque
@@ -31,12 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tests.fakes.serve import serve_in_thread
 
 API_KEY = "test-key"
 INTERIM_AFTER_SECONDS = 0.3
@@ -436,39 +434,12 @@ def _transport_of(ws: WebSocket) -> asyncio.Transport | None:
     return transport if isinstance(transport, asyncio.Transport) else None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def run_fake_deepgram() -> Iterator[FakeDeepgram]:
     """Serves a `FakeDeepgram` on 127.0.0.1 (uvicorn, in a thread) for the `with` block."""
     fake = FakeDeepgram()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            fake.app(),
-            host="127.0.0.1",
-            port=port,
-            ws="websockets-sansio",
-            log_config=None,
-            lifespan="off",
-            ws_ping_interval=None,
-        )
-    )
-    thread = threading.Thread(target=server.run, name=f"fake-deepgram-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the fake Deepgram server did not start")
-        time.sleep(0.01)
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    with serve_in_thread(
+        fake.app(), "fake-deepgram", ws="websockets-sansio", ws_ping_interval=None
+    ) as url:
+        fake.url = url
         yield fake
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(RuntimeError):
-            thread.join(10)

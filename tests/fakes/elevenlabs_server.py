@@ -15,23 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import struct
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from session.audio import audioop
+from tests.fakes.serve import serve_in_thread
 
 API_KEY = "test-key"
 VOICES = frozenset({"JBFqnCBsd6RMkjVDRZzb", "test-voice"})
@@ -237,32 +235,12 @@ def _injected(status: int, retry_after: float | None) -> JSONResponse:
     return response
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def run_fake_elevenlabs() -> Iterator[FakeElevenLabs]:
     fake = FakeElevenLabs()
     app = Starlette(
         routes=[Route("/v1/text-to-speech/{voice_id}/stream", fake.stream, methods=["POST"])]
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, name=f"fake-elevenlabs-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the fake ElevenLabs server did not start")
-        time.sleep(0.01)
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    with serve_in_thread(app, "fake-elevenlabs") as url:
+        fake.url = url
         yield fake
-    finally:
-        server.should_exit = True
-        thread.join(10)

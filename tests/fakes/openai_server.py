@@ -17,9 +17,7 @@ import asyncio
 import io
 import json
 import math
-import socket
 import struct
-import threading
 import time
 import wave
 from collections import deque
@@ -28,13 +26,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from tests.fakes.serve import serve_in_thread
 
 API_KEY = "test-key"
 SPEECH_RATE = 24000  # OpenAI's "pcm" output
@@ -47,12 +46,6 @@ VOICES = frozenset(
 TRANSCRIBE_MODELS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"})
 SPEECH_MODELS = frozenset({"tts-1", "tts-1-hd", "gpt-4o-mini-tts"})
 MIN_AUDIO_SECONDS = 0.1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def speech_tone(seconds: float, freq: float = 330.0, amplitude: int = 6000) -> bytes:
@@ -523,32 +516,11 @@ class _DroppedResponse:
 @contextmanager
 def run_fake_openai() -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            fake.app,
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-    )
-    thread = threading.Thread(
-        target=lambda: asyncio.run(server.serve()), name=f"fake-openai-{port}", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the fake OpenAI server did not start")
-        time.sleep(0.01)
-    fake.url = f"http://127.0.0.1:{port}/v1"
-    try:
+    with serve_in_thread(
+        fake.app, "fake-openai", timeout_graceful_shutdown=1, loop="asyncio"
+    ) as url:
+        fake.url = url + "/v1"
         yield fake
-    finally:
-        server.should_exit = True
-        thread.join(5)
 
 
 def error_strings(exc: BaseException) -> list[str]:

@@ -23,10 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
-import socket
-import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
@@ -37,12 +33,13 @@ from email.utils import format_datetime
 from typing import Any
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
+
+from tests.fakes.serve import serve_in_thread
 
 ACCOUNT_SID = "AC" + "5a" * 16
 AUTH_TOKEN = "fake-auth-token-3c7e91d2"  # distinctive, so tests can look for leaks
@@ -359,33 +356,12 @@ def _new_sid(prefix: str) -> str:
     return prefix + uuid.uuid4().hex
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def run_fake_twilio_api(
     account_sid: str = ACCOUNT_SID, auth_token: str = AUTH_TOKEN
 ) -> Iterator[FakeTwilioApi]:
     """Serves a `FakeTwilioApi` on 127.0.0.1 (uvicorn, in a thread) for the `with` block."""
     fake = FakeTwilioApi(account_sid, auth_token)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_config=None, lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, name=f"fake-twilio-api-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the fake Twilio API server did not start")
-        time.sleep(0.01)
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    with serve_in_thread(fake.app(), "fake-twilio-api") as url:
+        fake.url = url
         yield fake
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(RuntimeError):
-            thread.join(10)
