@@ -91,7 +91,24 @@ class _Health:
         )
 
 
-class FallbackTTS:
+class _FallbackList:
+    """What every fallback list shares: unique member names, their health, which is active."""
+
+    def __init__(self, kind: str, names: list[str], recovery_interval: float, clock: Clock) -> None:
+        unique = _names(kind, names)
+        self.name = f"fallback({','.join(unique)})"
+        self._health = _Health(kind, unique, recovery_interval, clock)
+
+    @property
+    def active(self) -> str:
+        return self._health.active
+
+    @property
+    def failures(self) -> dict[str, int]:
+        return self._health.failures
+
+
+class FallbackTTS(_FallbackList):
     """Synthesises with the first healthy TTS; switches only before any audio was yielded."""
 
     def __init__(
@@ -102,20 +119,10 @@ class FallbackTTS:
         clock: Clock = time.monotonic,
     ) -> None:
         self._providers = list(providers)
-        names = _names("TTS", [p.name for p in self._providers])
+        super().__init__("TTS", [p.name for p in self._providers], recovery_interval, clock)
         # The list declares its first member's rate; audio from a member at another rate is
         # resampled to it, so the engine sees one format whichever member speaks.
         self.sample_rate = self._providers[0].sample_rate
-        self.name = f"fallback({','.join(names)})"
-        self._health = _Health("TTS", names, recovery_interval, clock)
-
-    @property
-    def active(self) -> str:
-        return self._health.active
-
-    @property
-    def failures(self) -> dict[str, int]:
-        return self._health.failures
 
     def synthesize(self, text: str) -> AsyncIterator[bytes]:
         return _first_healthy(self._health, lambda i: self._member_audio(i, text))
@@ -131,7 +138,7 @@ class FallbackTTS:
         await _keep_alive_all(self._providers)
 
 
-class FallbackSTT:
+class FallbackSTT(_FallbackList):
     """Opens a stream on the first healthy STT; a stream that fails marks its provider failed.
 
     The failure still reaches the engine, which reconnects by calling `open_stream()` again:
@@ -147,21 +154,11 @@ class FallbackSTT:
         max_chunk_seconds: float = 10.0,
     ) -> None:
         self._providers = list(providers)
-        names = _names("STT", [p.name for p in self._providers])
+        super().__init__("STT", [p.name for p in self._providers], recovery_interval, clock)
         # The session sends audio at the first member's rate; a member with another rate gets
         # it through its own streaming resampler, so a fallback costs nothing until it is used.
         self.sample_rate = self._providers[0].sample_rate
-        self.name = f"fallback({','.join(names)})"
-        self._health = _Health("STT", names, recovery_interval, clock)
         self._max_chunk_seconds = max_chunk_seconds
-
-    @property
-    def active(self) -> str:
-        return self._health.active
-
-    @property
-    def failures(self) -> dict[str, int]:
-        return self._health.failures
 
     async def open_stream(self) -> STTStream:
         errors: list[tuple[str, Exception]] = []
@@ -273,7 +270,7 @@ class _FallbackStream:
             self._health.failed(self._index, exc)
 
 
-class FallbackAgent:
+class FallbackAgent(_FallbackList):
     """Answers with the first healthy agent; switches only before any text was produced.
 
     Accepts every agent shape the engine accepts: a callable or an object with `respond`,
@@ -288,17 +285,7 @@ class FallbackAgent:
         clock: Clock = time.monotonic,
     ) -> None:
         self._agents = list(agents)
-        names = _names("agent", [_agent_name(a) for a in self._agents])
-        self.name = f"fallback({','.join(names)})"
-        self._health = _Health("agent", names, recovery_interval, clock)
-
-    @property
-    def active(self) -> str:
-        return self._health.active
-
-    @property
-    def failures(self) -> dict[str, int]:
-        return self._health.failures
+        super().__init__("agent", [_agent_name(a) for a in self._agents], recovery_interval, clock)
 
     def respond(self, ctx: AgentContext, transcript: str) -> AsyncIterator[str]:
         return _first_healthy(
