@@ -180,6 +180,8 @@ async def test_malformed_frames_are_recorded_as_typed_errors_and_the_call_goes_o
     while call_sid in open_gateway.runtime.live:
         assert asyncio.get_running_loop().time() < deadline, "the session did not end"
         await asyncio.sleep(0.05)
+    # Records are written behind the call: let the writer's queue reach the store first.
+    open_gateway.call_in_loop(open_gateway.runtime.writer.flush)
     async with httpx.AsyncClient() as http:
         url = f"{open_gateway.url}/api/sessions/{call_sid}/events"
         events = (await http.get(url, headers=API)).json()
