@@ -41,6 +41,16 @@ class Config:
     `speech_end_silence` of silence; the recogniser is flushed then, and the turn ends once the
     caller has been silent for the endpointing delay (between `min_endpointing_delay` and
     `max_endpointing_delay`, chosen by the turn detector) and the final transcript is in.
+    The silence is counted from the caller's last voiced frame, not from the end of the VAD's
+    hangover (`session.speech_tracker`), so the delay is the pause the caller actually made.
+
+    The endpointing defaults: 0.4 s after a transcript that looks finished, 3.0 s after one
+    that looks unfinished ("I'd like to book a table for", "um"). LiveKit Agents uses 0.5 and
+    3.0 s from the last speech its VAD heard (a turn ends after max(VAD silence, 0.5 s), its
+    Silero VAD needing 0.55 s); Pipecat's plain VAD turn ends after 0.8 s, and with its turn
+    model after 0.2 s of silence (3.0 s when the model finds the turn incomplete). Gaps between
+    turns in conversation are about 0.2 s, so 0.4 s answers promptly while the turn detector
+    holds on for a caller who sounds mid-sentence.
 
     Preemptive generation starts the agent as soon as the caller pauses with a final
     transcript; the reply is used if the turn's transcript ends up the same. A turn longer
@@ -58,7 +68,7 @@ class Config:
     keep_alive_interval: float = 30.0
     max_retries: int = 3
     retry_delay: float = 1.0
-    min_endpointing_delay: float = 0.5
+    min_endpointing_delay: float = 0.4
     max_endpointing_delay: float = 3.0
     min_speech_duration: float = 0.1
     speech_end_silence: float = 0.25

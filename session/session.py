@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from session.audio import StreamingResampler
+from session.audio import SAMPLE_WIDTH, StreamingResampler, audioop
 from session.chunking import ChunkedSTTStream
 from session.config import Config
 from session.errors import ErrorCode, ProviderError, SessionError, classify
@@ -276,13 +276,13 @@ class VoiceSession:
         buf = self._vad_buffer
         was_in_speech = self._speech.in_speech
         if not buf and len(vad_pcm) == fb:
-            self._on_frame(self._vad.is_speech(vad_pcm))
+            self._on_frame(vad_pcm)
         else:
             buf += vad_pcm
             while len(buf) >= fb:
                 frame = bytes(buf[:fb])
                 del buf[:fb]
-                self._on_frame(self._vad.is_speech(frame))
+                self._on_frame(frame)
         in_speech = self._speech.in_speech
         if in_speech or was_in_speech:
             if in_speech and not was_in_speech:
@@ -335,13 +335,15 @@ class VoiceSession:
 
     # --------------------------------------------------------------- caller input
 
-    def _on_frame(self, voiced: bool) -> None:
-        edge = self._speech.update(voiced)
+    def _on_frame(self, frame: bytes) -> None:
+        voiced = self._vad.is_speech(frame)
+        # The level tells the VAD's hangover from the voice (SpeechTracker.quiet_tail).
+        edge = self._speech.update(voiced, audioop.rms(frame, SAMPLE_WIDTH) if voiced else None)
         if edge is SpeechEdge.START:
             self._start_of_speech()
         elif voiced and self._speech.in_speech:
             now = self._now()
-            self._last_voiced_at = now
+            self._last_voiced_at = now - self._speech.quiet_tail
             self._maybe_interrupt()
             if (
                 self._turn_started_at is not None
@@ -353,7 +355,7 @@ class VoiceSession:
 
     def _start_of_speech(self) -> None:
         now = self._now()
-        self._last_voiced_at = now
+        self._last_voiced_at = now - self._speech.quiet_tail
         if self._turn_started_at is None:
             self._turn_started_at = now
         if self._endpoint_timer:

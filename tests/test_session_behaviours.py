@@ -24,6 +24,7 @@ from tests.session_doubles import (
     MemoryTransport,
     ScriptedSTT,
     ToneTTS,
+    frames,
     silence,
     tone,
 )
@@ -32,6 +33,11 @@ from tests.test_session_telemetry import Otel
 
 S = SessionState
 BASE = dict(min_endpointing_delay=0.3, speech_end_silence=0.2, retry_delay=0.01)
+# Turn taking as shipped, for the tests that hold the defaults to their promises.
+DEFAULT_TURN_TAKING = {
+    name: getattr(Config(), name)
+    for name in ("min_endpointing_delay", "max_endpointing_delay", "speech_end_silence")
+}
 
 
 def build(
@@ -40,6 +46,8 @@ def build(
     agent=None,
     tts=None,
     turn_detector=None,
+    vad=None,
+    telemetry=None,
     **config,
 ) -> tuple[VoiceSession, MemoryTransport, Recorder]:
     rec = Recorder()
@@ -53,11 +61,12 @@ def build(
         transport=transport,
         stt=stt or ScriptedSTT([]),
         tts=tts or ToneTTS(),
-        vad=LevelVAD(),
+        vad=vad or LevelVAD(),
         agent=agent or echo,
         turn_detector=turn_detector,
         config=Config(**{**BASE, **config}),
         on_event=rec.events.append,
+        telemetry=telemetry,
     )
     transport.listener = session
     return session, transport, rec
@@ -99,6 +108,80 @@ async def test_finished_transcript_ends_the_turn_after_the_min_delay() -> None:
     await session.start()
     await feed(session, tone(0.4) + silence(0.6))
     await wait_for(lambda: rec.kinds("user_turn"), within=2)
+    await session.stop()
+
+
+async def test_with_the_defaults_a_caller_who_pauses_mid_sentence_is_not_cut_off() -> None:
+    stt = ScriptedSTT(["I would like a table for", "two people."])
+    session, transport, rec = build(
+        stt=stt, turn_detector=HeuristicTurnDetector(), **DEFAULT_TURN_TAKING
+    )
+    assert Config().min_endpointing_delay < 1.2 < Config().max_endpointing_delay
+    await session.start()
+    await feed(session, tone(0.6))
+    await feed(session, silence(1.2))  # far past the min delay: the sentence is unfinished
+    assert rec.kinds("user_turn") == [] and transport.audio_bytes == 0
+    await feed(session, tone(0.5) + silence(0.6))
+    await wait_for(lambda: rec.kinds("user_turn"), within=3)
+    assert [t["text"] for t in rec.kinds("user_turn")] == ["I would like a table for two people."]
+    await session.stop()
+
+
+class HangoverVAD(LevelVAD):
+    """LevelVAD with webrtcvad's habit: it goes on calling `frames` frames speech after the
+    voice stops, whatever they hold."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self._left = 0
+
+    def is_speech(self, frame: bytes) -> bool:
+        if super().is_speech(frame):
+            self._left = self.frames
+            return True
+        if self._left:
+            self._left -= 1
+            return True
+        return False
+
+
+class MarkRecorder(SessionTelemetry):
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks: dict[str, float] = {}
+
+    def turn_mark(self, name: str, at: float) -> None:
+        self.marks[name] = at
+        super().turn_mark(name, at)
+
+
+async def test_the_endpointing_delay_counts_from_the_voice_not_the_vad_hangover() -> None:
+    hangover = 5
+    telemetry = MarkRecorder()
+    session, _, _rec = build(
+        stt=ScriptedSTT(["book a table."]),
+        vad=HangoverVAD(hangover),
+        telemetry=telemetry,
+        turn_detector=HeuristicTurnDetector(),
+        **DEFAULT_TURN_TAKING,
+    )
+    loop = asyncio.get_running_loop()
+    turn_at: list[float] = []
+    session.on_event(lambda e: turn_at.append(loop.time()) if e.kind == "user_turn" else None)
+    await session.start()
+    voice = frames(tone(0.4))
+    processed: list[float] = []  # loop time once each frame was handled
+    for frame in voice + frames(silence(0.8)):
+        session.process_audio(frame)
+        processed.append(loop.time())
+        await asyncio.sleep(0.02)
+    await wait_for(lambda: turn_at, within=2)
+    # The end of speech is the last loud frame, not the last frame the VAD called speech:
+    # that one came `hangover` frames of audio later, and nothing of it is counted.
+    end = telemetry.marks["end_of_speech"]
+    last_voice, last_vad = len(voice) - 1, len(voice) - 1 + hangover
+    assert processed[last_voice] - 1e-6 <= end <= processed[last_vad] - hangover * 0.02 + 1e-6
+    assert turn_at[0] - end >= Config().min_endpointing_delay - 1e-3
     await session.stop()
 
 
