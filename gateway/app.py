@@ -1,4 +1,5 @@
-"""The FastAPI application: Twilio webhooks, the media websocket, the ops API, health."""
+"""The FastAPI application: Twilio webhooks, the media websocket, the ops API, health, and
+the SIP listener it runs alongside."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from gateway import api, media_socket, metrics_route, twilio_webhooks
 from gateway.call_control import command_handler
 from gateway.draining import Drainer
 from gateway.runtime import GatewayRuntime
+from gateway.sip_calls import SipCalls
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ def create_app(
     telemetry: TelemetryHandles | None = None,
 ) -> FastAPI:
     runtime = runtime or GatewayRuntime.from_settings(settings)
+    sip = SipCalls(runtime, settings) if settings.sip_enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,11 +40,26 @@ def create_app(
             # Loading a recogniser takes a while; do it before the first caller waits for it.
             await warm_up()
         await runtime.start(command_handler(runtime))
+        if sip is not None:
+            try:
+                await sip.start()
+            except OSError as exc:
+                log.error(
+                    "cannot listen for SIP on udp %s:%d (SIP_HOST, SIP_PORT; SIP_PORT=0 turns "
+                    "SIP off): %s",
+                    settings.sip_host,
+                    settings.sip_port,
+                    exc,
+                )
+                await runtime.aclose()
+                raise
         drainer = Drainer(runtime, settings.drain_timeout)
         drainer.install()
         yield
         drainer.uninstall()
-        await runtime.aclose()
+        await runtime.aclose()  # ends the calls: SIP ones send their BYE
+        if sip is not None:
+            await sip.aclose()
         if telemetry is not None:
             # Flushed here, not at exit: uvicorn ends a SIGTERMed process by raising the
             # signal again once it has shut down, and exit hooks never run.
@@ -49,6 +67,7 @@ def create_app(
 
     app = FastAPI(title="voice-gateway", version="0.1.0", lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.sip = sip
     app.include_router(twilio_webhooks.router)
     app.include_router(media_socket.router)
     app.include_router(api.router)

@@ -49,7 +49,8 @@ async def _say(runtime: GatewayRuntime, session: VoiceSession, args: dict[str, A
 
 
 async def _hangup(runtime: GatewayRuntime, session: VoiceSession, args: dict[str, Any]) -> dict:
-    if runtime.twilio_rest is not None:
+    # A SIP call's transport sends the BYE when the session ends.
+    if session.metadata.get("transport") != "sip" and runtime.twilio_rest is not None:
         try:
             await runtime.twilio_rest.hangup(session.metadata["call_sid"])
         except TwilioRestError as exc:
@@ -62,6 +63,8 @@ async def _hangup(runtime: GatewayRuntime, session: VoiceSession, args: dict[str
 
 
 async def _transfer(runtime: GatewayRuntime, session: VoiceSession, args: dict[str, Any]) -> dict:
+    if session.metadata.get("transport") == "sip":
+        raise CallControlError(409, "transfer is only supported for Twilio calls (no SIP REFER)")
     if runtime.twilio_rest is None:
         raise CallControlError(
             503, "transfer needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN to be configured"

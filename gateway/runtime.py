@@ -7,7 +7,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from gateway.provider_wiring import ProviderCatalog, ProviderSet
 from infra.commands import CommandBus
@@ -16,6 +17,7 @@ from infra.routes import DEFAULT_NUMBER, DEFAULT_ROUTE, Route, RouteError
 from infra.settings import Settings
 from infra.store import SessionRecord, Store, StoreUnavailable, StoreWriter, open_store
 from session.config import Config
+from session.interfaces import Transport, TransportListener
 from session.session import SessionEvent, VoiceSession
 from telephony.twilio.messages import Start
 from telephony.twilio.rest import TwilioRest
@@ -28,6 +30,24 @@ log = logging.getLogger(__name__)
 DEFAULT_GREETING = "Hello! How can I help?"
 # Session events whose counters the record carries, so lists show them without the log.
 _COUNTED = {"user_turn": "turns", "interrupted": "interruptions", "error": "errors"}
+
+
+class CallTransport(Transport, Protocol):
+    """A session transport the gateway wires up: it is told which session listens to it."""
+
+    listener: TransportListener | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """Who is calling whom, over what: what the record and the session metadata carry."""
+
+    session_id: str
+    transport: str  # "twilio" or "sip"
+    call_sid: str  # Twilio's CallSid, or the SIP Call-ID
+    from_number: str = ""
+    to_number: str = ""
+    stream_sid: str = ""
 
 
 class GatewayRuntime:
@@ -135,18 +155,36 @@ class GatewayRuntime:
             log.warning("store unavailable: call %s is recorded when its stream starts", call_sid)
 
     async def start_call(self, start: Start, transport: TwilioTransport) -> VoiceSession:
+        """A Twilio media stream started: its call runs under the route of the dialled number
+        (or the route the webhook named)."""
         params = start.custom_parameters
-        route = await self.route_for(params.get("route") or params.get("to", ""))
+        call = CallInfo(
+            session_id=start.call_sid,
+            transport="twilio",
+            call_sid=start.call_sid,
+            stream_sid=start.stream_sid,
+            from_number=params.get("from", ""),
+            to_number=params.get("to", ""),
+        )
+        route = await self.route_for(params.get("route") or call.to_number)
+        return await self.start_session(call, transport, route)
+
+    async def start_session(
+        self, call: CallInfo, transport: CallTransport, route: Route
+    ) -> VoiceSession:
+        """Runs a call leg (Twilio or SIP) as a voice session: recorded, greeted, bounded by
+        the route's limits. Raises `SessionError` when the session cannot start."""
         providers = self.catalog.for_route(route)
         metadata = {
-            "call_sid": start.call_sid,
-            "stream_sid": start.stream_sid,
-            "from": params.get("from", ""),
-            "to": params.get("to", ""),
+            "call_sid": call.call_sid,
+            "stream_sid": call.stream_sid,
+            "from": call.from_number,
+            "to": call.to_number,
             "route": route.number,
+            "transport": call.transport,
         }
         config = dataclasses.replace(
-            Config(session_id=start.call_sid), **route.limits.config_overrides()
+            Config(session_id=call.session_id), **route.limits.config_overrides()
         )
         session = VoiceSession(
             transport=transport,
@@ -163,12 +201,13 @@ class GatewayRuntime:
             SessionRecord(
                 session_id=session.session_id,
                 state=session.state.value,
-                call_sid=start.call_sid,
-                stream_sid=start.stream_sid,
-                from_number=metadata["from"],
-                to_number=metadata["to"],
+                call_sid=call.call_sid,
+                stream_sid=call.stream_sid,
+                from_number=call.from_number,
+                to_number=call.to_number,
                 route=route.number,
                 instance=self.instance_id,
+                transport=call.transport,
             )
         )
         self.live[session.session_id] = session
@@ -176,10 +215,11 @@ class GatewayRuntime:
         session.on_event(self._recorder(session.session_id))
         transport.listener = session
         log.info(
-            "call %s started: from %s to %s, route %s",
-            start.call_sid,
-            metadata["from"] or "?",
-            metadata["to"] or "?",
+            "call %s started (%s): from %s to %s, route %s",
+            call.session_id,
+            call.transport,
+            call.from_number or "?",
+            call.to_number or "?",
             route.number,
         )
         try:
@@ -220,7 +260,9 @@ class GatewayRuntime:
             session_id, "protocol_error", {"kind": kind, "message": message}, time.time()
         )
 
-    async def end_call(self, session: VoiceSession, reason: str) -> None:
+    async def end_call(self, session: VoiceSession, reason: str, detail: str = "") -> None:
+        """Ends the session and forgets it; `detail` (the transport's summary) joins the
+        call's one end-of-call log line."""
         timer = self._call_timers.pop(session.session_id, None)
         if timer is not None:
             timer.cancel()
@@ -230,9 +272,10 @@ class GatewayRuntime:
             self.no_calls.set()
         if removed is not None:
             log.info(
-                "call %s ended: %s, %d turns, %d interruptions",
+                "call %s ended: %s, %d turns, %d interruptions%s",
                 session.session_id,
                 session.end_reason,
                 session.metrics.turns,
                 session.metrics.interruptions,
+                f"; {detail}" if detail else "",
             )

@@ -7,6 +7,7 @@ names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import socket
@@ -20,6 +21,11 @@ from dotenv import dotenv_values
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
+DEFAULT_SIP_PORT = 5060
+DEFAULT_RTP_PORT_MIN = 10000
+DEFAULT_RTP_PORT_MAX = 20000
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -57,10 +63,21 @@ class Settings:
     silero_model_path: str | None = None
     log_level: str = "INFO"
     log_format: str = "text"
+    sip_host: str = "127.0.0.1"
+    sip_port: int = DEFAULT_SIP_PORT  # 0: no SIP listener
+    sip_allowed_sources: tuple[IpNetwork, ...] | None = None  # None: any source
+    sip_public_host: str | None = None  # None: the bound address
+    rtp_port_min: int = DEFAULT_RTP_PORT_MIN
+    rtp_port_max: int = DEFAULT_RTP_PORT_MAX
+    sip_shared_port: bool = False  # set for `serve --workers`: the workers share SIP_PORT
 
     @property
     def signatures_enforced(self) -> bool:
         return bool(self.twilio_auth_token)
+
+    @property
+    def sip_enabled(self) -> bool:
+        return self.sip_port != 0
 
 
 def _read_env(env: Mapping[str, str] | None, dotenv_path: Path | None) -> dict[str, str]:
@@ -115,6 +132,51 @@ def _optional_url(values: Mapping[str, str], name: str, schemes: tuple[str, ...]
     return raw.rstrip("/")
 
 
+def _port(values: Mapping[str, str], name: str, default: int, *, zero_ok: bool = False) -> int:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a port number, got {raw!r}") from None
+    low = 0 if zero_ok else 1
+    if not low <= value <= 65535:
+        raise SettingsError(f"{name} must be between {low} and 65535, got {raw!r}")
+    return value
+
+
+def _networks(values: Mapping[str, str], name: str) -> tuple[IpNetwork, ...] | None:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return None
+    networks: list[IpNetwork] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"{name} must be comma-separated addresses or CIDRs (e.g. 203.0.113.0/24), "
+                f"got {item!r}"
+            ) from None
+    if not networks:
+        raise SettingsError(f"{name} lists no address; unset it to accept any source")
+    return tuple(networks)
+
+
+def _rtp_range(values: Mapping[str, str]) -> tuple[int, int]:
+    low = _port(values, "RTP_PORT_MIN", DEFAULT_RTP_PORT_MIN)
+    high = _port(values, "RTP_PORT_MAX", DEFAULT_RTP_PORT_MAX)
+    # RTP takes even ports (RFC 3550 section 11), so a range needs one even port at least.
+    if high < low or (high == low and low % 2):
+        raise SettingsError(
+            f"RTP_PORT_MIN..RTP_PORT_MAX ({low}..{high}) must hold at least one even port"
+        )
+    return low, high
+
+
 def load_settings(
     *,
     host: str | None = None,
@@ -151,6 +213,7 @@ def load_settings(
         )
 
     api_base = values.get("TWILIO_API_BASE_URL", "").strip()
+    rtp_port_min, rtp_port_max = _rtp_range(values)
     return Settings(
         host=host,
         port=port,
@@ -184,4 +247,10 @@ def load_settings(
         silero_model_path=values.get("SILERO_MODEL_PATH", "").strip() or None,
         log_level=_choice(values, "LOG_LEVEL", "INFO", LOG_LEVELS),
         log_format=_choice(values, "LOG_FORMAT", "text", LOG_FORMATS),
+        sip_host=values.get("SIP_HOST", "").strip() or host,
+        sip_port=_port(values, "SIP_PORT", DEFAULT_SIP_PORT, zero_ok=True),
+        sip_allowed_sources=_networks(values, "SIP_ALLOWED_SOURCES"),
+        sip_public_host=values.get("SIP_PUBLIC_HOST", "").strip() or None,
+        rtp_port_min=rtp_port_min,
+        rtp_port_max=rtp_port_max,
     )

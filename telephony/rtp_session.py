@@ -19,7 +19,9 @@ not where the packets come from. Datagrams from elsewhere after that are counted
 RTCP on the RTP port is recognised and ignored. A malformed datagram is counted, never raised.
 Audio goes through `JitterBuffer`; telephone-events go straight to `DtmfReceiver` (they carry
 their own timing and are deduplicated by timestamp), so a digit can overtake the last frames of
-audio played before it.
+audio played before it. When the peer stops sending (silence suppression, a pause for DTMF),
+silence frames keep the inbound clock running from the jitter margin after the last frame:
+the session hears a caller who stopped talking as silence, and their turn can end.
 
 Outbound. The sender is paced from the caller's monotonic clock: packet k of a talk spurt is
 due at the spurt's start + k·ptime, whatever the size of the chunks `send_audio` was given.
@@ -70,6 +72,8 @@ _CODECS: Final[dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes
 }
 # Gains for the concealment frames that follow a real one: repeat it, fading, then silence.
 _CONCEAL_GAINS: Final = (0.5, 0.25)
+# Silence frames played at most per timer call: after a stall, time is not made up in a burst.
+_MAX_FILL_FRAMES: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,7 @@ class RtpStats:
     unknown_payload_type: int = 0  # neither the codec nor telephone-event (e.g. comfort noise)
     not_receiving: int = 0  # arrived while our direction excludes receiving
     skipped_slots: int = 0  # send slots missed in a stall and not caught up
+    silence_filled: int = 0  # frames of silence played while the peer sent nothing
     jitter: JitterStats = field(default_factory=JitterStats)
 
 
@@ -174,6 +179,7 @@ class RtpSession:
         self._dtmf_receiver = DtmfReceiver()
         self._last_pcm = b""
         self._conceal_run = 0
+        self._fill_due: float | None = None  # when a silence frame is due if nothing arrives
         self._params = params
         self._remote: Addr | None = None
         self._latched = False
@@ -275,7 +281,13 @@ class RtpSession:
             self._events.append(DtmfReceived(digit))
 
     def _drain_jitter(self, now: float) -> None:
-        for frame in self._jitter.pop(now):
+        frames = self._jitter.pop(now)
+        if frames:
+            # The inbound clock runs on from the last frame: silence is played from when it
+            # would have ended, plus the jitter margin, unless more audio comes by then.
+            seconds = len(frames[-1].payload) / self._params.clock_rate
+            self._fill_due = now + seconds + self._target_delay_ms / 1000
+        for frame in frames:
             if not frame.concealed:
                 pcm = self._decode(frame.payload)
                 self._last_pcm = pcm
@@ -471,6 +483,8 @@ class RtpSession:
         due = self._jitter.next_due()
         if due is not None:
             timers.append(due)
+        elif self._fill_due is not None and self._params.receives:
+            timers.append(self._fill_due)
         if self._can_send():
             if self._spurt_start is not None:
                 timers.append(self._spurt_start + self._slot * self._ptime)
@@ -479,6 +493,29 @@ class RtpSession:
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
-        """Release the inbound frames due by `now`. (Outbound goes in `datagrams_to_send`.)"""
+        """Release the inbound frames due by `now`, or silence when the peer has gone quiet.
+        (Outbound goes in `datagrams_to_send`.)"""
         self._clock = now
         self._drain_jitter(now)
+        self._fill_silence(now)
+
+    def _fill_silence(self, now: float) -> None:
+        """Silence suppression (RFC 3551 section 4.1, or a stream that pauses for DTMF) leaves
+        gaps with no packets at all. The session's clock is the audio it is given, so a caller
+        who stopped talking must be heard as silence or their turn would never end."""
+        due = self._fill_due
+        if due is None or not self._params.receives or self._jitter.next_due() is not None:
+            return
+        frame = self._params.ptime_ms / 1000
+        count = 0
+        while due <= now + _EPSILON and count < _MAX_FILL_FRAMES:
+            self._events.append(AudioReceived(self._silence_pcm(), concealed=True))
+            due += frame
+            count += 1
+        if due <= now + _EPSILON:
+            due = now + frame  # a long stall: what was missed is not played back in a burst
+        self._fill_due = due
+        self.stats.silence_filled += count
+
+    def _silence_pcm(self) -> bytes:
+        return bytes(self._params.clock_rate * self._params.ptime_ms // 1000 * SAMPLE_WIDTH)

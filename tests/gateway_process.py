@@ -27,7 +27,7 @@ class GatewayProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
             cwd=cwd,
-            env={**env, "INSTANCE_ID": name, "PUBLIC_URL": self.url},
+            env={"SIP_PORT": "0", **env, "INSTANCE_ID": name, "PUBLIC_URL": self.url},
             stdout=subprocess.DEVNULL,
             stderr=open(cwd / f"{name}.log", "wb"),  # noqa: SIM115 - lives as long as the process
         )

@@ -18,6 +18,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.runtime import GatewayRuntime
+from gateway.sip_calls import SipCalls
 from infra.settings import Settings, load_settings
 from infra.store import SessionRecord
 from tests.fakes.serve import free_port
@@ -26,9 +27,10 @@ T = TypeVar("T")
 
 
 class RunningGateway:
-    def __init__(self, settings: Settings, runtime: GatewayRuntime) -> None:
+    def __init__(self, settings: Settings, runtime: GatewayRuntime, sip: SipCalls | None) -> None:
         self.settings = settings
         self.runtime = runtime
+        self.sip = sip  # the SIP listener, when SIP_PORT is set
         self.url = settings.public_url
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -51,7 +53,8 @@ def run_gateway(env: Mapping[str, str] | None = None) -> Iterator[RunningGateway
     port = free_port()
     settings = load_settings(
         port=port,
-        env={"API_TOKEN": "test-api-token", **(env or {})},
+        # SIP is off unless a test asks for it: gateways run side by side in the tests.
+        env={"API_TOKEN": "test-api-token", "SIP_PORT": "0", **(env or {})},
         dotenv_path=Path("/nonexistent/.env"),
     )
     runtime = GatewayRuntime.from_settings(settings)
@@ -66,7 +69,7 @@ def run_gateway(env: Mapping[str, str] | None = None) -> Iterator[RunningGateway
             lifespan="on",
         )
     )
-    gateway = RunningGateway(settings, runtime)
+    gateway = RunningGateway(settings, runtime, app.state.sip)
 
     def serve() -> None:
         loop = asyncio.new_event_loop()

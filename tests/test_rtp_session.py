@@ -273,6 +273,50 @@ def test_a_lost_frame_is_concealed_with_a_faded_repeat() -> None:
     assert s.stats.jitter.concealed == 1
 
 
+def test_silence_is_played_while_the_peer_sends_nothing() -> None:
+    s = session()
+    assert s.get_timer() is None  # nothing heard yet: nothing to fill
+    frame = pcm_to_ulaw(tone(20))
+    for k in range(3):
+        s.receive_datagram(rtp(k, 160 * k, frame), PEER, now=0.02 * k)
+    s.handle_timer(0.08)  # the last frame is out at 0.08
+    assert len(drain(s)) == 3
+    # Silence suppression: nothing more arrives. From the jitter margin after the end of the
+    # last frame, one 20 ms frame of silence per 20 ms.
+    assert s.get_timer() == pytest.approx(0.08 + 0.02 + 0.04)
+    s.handle_timer(0.14)
+    s.handle_timer(0.161)
+    silence = drain(s)
+    assert silence == [AudioReceived(bytes(320), concealed=True)] * 2
+    # A new talk spurt stops the filling; its frames come after the jitter delay.
+    s.receive_datagram(rtp(3, 160 * 20, frame), PEER, now=0.17)
+    assert s.get_timer() == pytest.approx(0.21)
+    s.handle_timer(0.21)
+    assert drain(s) == [AudioReceived(ulaw_to_pcm(frame))]
+    assert s.stats.silence_filled == 2
+
+
+def test_a_stall_does_not_replay_the_missed_silence_in_a_burst() -> None:
+    s = session()
+    s.receive_datagram(rtp(0, 0, pcm_to_ulaw(tone(20))), PEER, now=0.0)
+    s.handle_timer(0.04)
+    drain(s)
+    s.handle_timer(5.0)  # the loop did not run for five seconds
+    assert len(drain(s)) == 5
+    assert s.get_timer() == pytest.approx(5.02)
+
+
+def test_no_silence_is_made_up_on_hold() -> None:
+    s = session()
+    s.receive_datagram(rtp(0, 0, pcm_to_ulaw(tone(20))), PEER, now=0.0)
+    s.handle_timer(0.04)
+    drain(s)
+    s.update(media(direction="sendonly"))  # the peer put us on hold: we do not receive
+    assert s.get_timer() is None
+    s.handle_timer(1.0)
+    assert drain(s) == []
+
+
 def test_inbound_dtmf_from_sipp_is_one_digit() -> None:
     s = session()
     for k, data in enumerate(SIPP_DTMF_1):
@@ -398,10 +442,16 @@ def test_two_sessions_exchange_audio_and_a_digit() -> None:
         timers = [t for t in (gateway.get_timer(), caller.get_timer()) if t is not None]
         now = max(now + 0.001, min(timers)) if timers else now + 0.01
 
-    audio_in = b"".join(e.pcm for e in heard_by_gateway if isinstance(e, AudioReceived))
+    frames_in = [e for e in heard_by_gateway if isinstance(e, AudioReceived)]
+    audio_in = b"".join(e.pcm for e in frames_in if not e.concealed)
     assert audio_in == alaw_to_pcm(pcm_to_alaw(hello))  # PCMA both ways, nothing lost
+    # After the caller's audio, silence: the stream stopped, the inbound clock did not.
+    filled = [e for e in frames_in if e.concealed]
+    assert filled and not any(any(e.pcm) for e in filled)
     assert [e for e in heard_by_gateway if isinstance(e, DtmfReceived)] == [DtmfReceived("5")]
-    audio_out = b"".join(e.pcm for e in heard_by_caller if isinstance(e, AudioReceived))
+    audio_out = b"".join(
+        e.pcm for e in heard_by_caller if isinstance(e, AudioReceived) and not e.concealed
+    )
     assert audio_out == alaw_to_pcm(pcm_to_alaw(reply))
     assert PlayoutMark("reply-done") in heard_by_gateway
     assert gateway.latched and gateway.remote_addr == caller_addr

@@ -53,11 +53,44 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ({"OPENAI_BASE_URL": "localhost:8080"}, "OPENAI_BASE_URL"),
         ({"ELEVENLABS_URL": "x"}, "ELEVENLABS_URL"),
         ({"AGENT_WEBHOOK_URL": "ws://x"}, "AGENT_WEBHOOK_URL"),
+        ({"SIP_PORT": "sip"}, "SIP_PORT"),
+        ({"SIP_PORT": "70000"}, "SIP_PORT"),
+        ({"SIP_ALLOWED_SOURCES": "10.0.0.0/8, trunk.example.com"}, "SIP_ALLOWED_SOURCES"),
+        ({"SIP_ALLOWED_SOURCES": " , "}, "SIP_ALLOWED_SOURCES"),
+        ({"RTP_PORT_MIN": "0"}, "RTP_PORT_MIN"),
+        ({"RTP_PORT_MAX": "65536"}, "RTP_PORT_MAX"),
+        ({"RTP_PORT_MIN": "20000", "RTP_PORT_MAX": "10000"}, "RTP_PORT_MIN"),
+        ({"RTP_PORT_MIN": "10001", "RTP_PORT_MAX": "10001"}, "even port"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(SettingsError, match=names):
         load_settings(env=env, dotenv_path=NO_DOTENV)
+
+
+def test_sip_defaults_follow_the_http_host_and_can_be_set() -> None:
+    settings = load_settings(host="0.0.0.0", env={}, dotenv_path=NO_DOTENV)
+    assert (settings.sip_host, settings.sip_port, settings.sip_enabled) == ("0.0.0.0", 5060, True)
+    assert settings.sip_allowed_sources is None and settings.sip_public_host is None
+    assert (settings.rtp_port_min, settings.rtp_port_max) == (10000, 20000)
+    env = {
+        "SIP_HOST": "10.1.2.3",
+        "SIP_PORT": "5080",
+        "SIP_ALLOWED_SOURCES": "203.0.113.7, 198.51.100.0/24,2001:db8::/32",
+        "SIP_PUBLIC_HOST": "sip.example.com",
+        "RTP_PORT_MIN": "30000",
+        "RTP_PORT_MAX": "30010",
+    }
+    settings = load_settings(env=env, dotenv_path=NO_DOTENV)
+    assert (settings.sip_host, settings.sip_port) == ("10.1.2.3", 5080)
+    assert [str(n) for n in settings.sip_allowed_sources or ()] == [
+        "203.0.113.7/32",
+        "198.51.100.0/24",
+        "2001:db8::/32",
+    ]
+    assert settings.sip_public_host == "sip.example.com"
+    assert (settings.rtp_port_min, settings.rtp_port_max) == (30000, 30010)
+    assert not load_settings(env={"SIP_PORT": "0"}, dotenv_path=NO_DOTENV).sip_enabled
 
 
 def test_bad_port_is_refused() -> None:
