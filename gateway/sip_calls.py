@@ -68,6 +68,7 @@ class _Call:
     our_offer: SessionDescription | None = None  # set while an offer of ours awaits its answer
     end_reason: str | None = None  # set when the SIP call ended (bye, cancelled, hangup...)
     ending: bool = False
+    answered_at: float | None = None  # loop time of our 200 OK
 
 
 class SipCalls:
@@ -79,6 +80,7 @@ class SipCalls:
         self.server: SipServer | None = None
         self.calls: dict[str, _Call] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -98,6 +100,8 @@ class SipCalls:
             settings.rtp_port_min,
             settings.rtp_port_max,
         )
+        if settings.rtp_timeout:
+            self._watchdog = asyncio.ensure_future(self._watch_media(settings.rtp_timeout))
         if settings.sip_allowed_sources is None and not _is_loopback(settings.sip_host):
             log.warning(
                 "SIP_ALLOWED_SOURCES is not set: INVITEs from ANY address reaching %s:%d are "
@@ -108,6 +112,9 @@ class SipCalls:
 
     async def aclose(self) -> None:
         """Closes the listener once the runtime has ended the calls (their BYEs are out)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -210,6 +217,7 @@ class SipCalls:
             call.our_offer = sdp
         call.our_sdp = sdp
         self._server.answer(call_id, sdp.serialize().encode())
+        call.answered_at = asyncio.get_running_loop().time()
         info = CallInfo(
             session_id=call.session_id,
             transport="sip",
@@ -261,6 +269,32 @@ class SipCalls:
         """The session ended on our side (API hangup, timeout, max duration): BYE the caller.
         The endpoint reports that as `CallEnded(hangup)`, which ends the rest."""
         self._hangup(call)
+
+    async def _watch_media(self, limit: float) -> None:
+        """Hangs up calls whose caller has sent nothing for `limit` seconds: a peer that
+        vanished without a BYE (crash, network loss) would otherwise hold the call, since
+        the silence played in its place keeps the session going. Calls on hold are spared."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(5.0, limit / 4))
+            now = loop.time()
+            for call in list(self.calls.values()):
+                transport = call.transport
+                if transport is None or call.session is None or call.answered_at is None:
+                    continue
+                rtp = transport.rtp
+                heard = rtp.last_received or call.answered_at
+                if call.ending or not rtp.params.receives or now - heard < limit:
+                    continue
+                log.warning(
+                    "SIP call %s: nothing from %s for %.0f s (RTP_TIMEOUT): hanging up",
+                    call.session_id,
+                    rtp.remote_addr or "the caller",
+                    now - heard,
+                )
+                # Queued first, so the session's end reason is this one, not the BYE's.
+                self._spawn(self._end_session(call, "media_timeout"))
+                self._hangup(call)
 
     async def _end_session(self, call: _Call, reason: str) -> None:
         if call.ending or call.session is None:

@@ -69,6 +69,7 @@ class Settings:
     sip_public_host: str | None = None  # None: the bound address
     rtp_port_min: int = DEFAULT_RTP_PORT_MIN
     rtp_port_max: int = DEFAULT_RTP_PORT_MAX
+    rtp_timeout: float = 60.0  # seconds without a packet from the caller; 0: never
     sip_shared_port: bool = False  # set for `serve --workers`: the workers share SIP_PORT
 
     @property
@@ -100,6 +101,14 @@ def _positive_float(values: Mapping[str, str], name: str, default: float) -> flo
     if not value > 0:
         raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
     return value
+
+
+def _seconds_or_off(values: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, or 0 to turn the thing off."""
+    raw = values.get(name, "").strip()
+    if raw in ("0", "0.0"):
+        return 0.0
+    return _positive_float(values, name, default)
 
 
 def _choice(values: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -253,4 +262,5 @@ def load_settings(
         sip_public_host=values.get("SIP_PUBLIC_HOST", "").strip() or None,
         rtp_port_min=rtp_port_min,
         rtp_port_max=rtp_port_max,
+        rtp_timeout=_seconds_or_off(values, "RTP_TIMEOUT", 60.0),
     )

@@ -159,7 +159,8 @@ class RtpSession:
         self.stats = RtpStats()
         self._events: deque[RtpEvent] = deque()
         self._clock = 0.0  # the latest `now` seen: "immediately" for get_timer
-        self.last_received: float | None = None  # when the peer's last packet arrived
+        # When the peer's last packet arrived: RTP of any payload type, or RTCP.
+        self.last_received: float | None = None
 
         # outbound queue: PCM bytes plus marks and DTMF at byte positions in the stream
         self._pcm = bytearray()
@@ -245,6 +246,8 @@ class RtpSession:
         self._clock = now
         if is_rtcp(data):
             self.stats.rtcp += 1
+            if not self._latched or addr == self._remote:
+                self.last_received = now  # a peer sending only RTCP is still there
             return
         try:
             packet = RtpPacket.parse(data)
@@ -255,6 +258,8 @@ class RtpSession:
         pt = packet.payload_type
         if pt != params.payload_type and pt != params.dtmf_payload_type:
             self.stats.unknown_payload_type += 1
+            if not self._latched or addr == self._remote:
+                self.last_received = now  # comfort noise between talk spurts, say
             return
         if self._symmetric:
             if not self._latched:

@@ -61,6 +61,7 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ({"RTP_PORT_MAX": "65536"}, "RTP_PORT_MAX"),
         ({"RTP_PORT_MIN": "20000", "RTP_PORT_MAX": "10000"}, "RTP_PORT_MIN"),
         ({"RTP_PORT_MIN": "10001", "RTP_PORT_MAX": "10001"}, "even port"),
+        ({"RTP_TIMEOUT": "-5"}, "RTP_TIMEOUT"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -91,6 +92,8 @@ def test_sip_defaults_follow_the_http_host_and_can_be_set() -> None:
     assert settings.sip_public_host == "sip.example.com"
     assert (settings.rtp_port_min, settings.rtp_port_max) == (30000, 30010)
     assert not load_settings(env={"SIP_PORT": "0"}, dotenv_path=NO_DOTENV).sip_enabled
+    assert settings.rtp_timeout == 60
+    assert load_settings(env={"RTP_TIMEOUT": "0"}, dotenv_path=NO_DOTENV).rtp_timeout == 0
 
 
 def test_bad_port_is_refused() -> None:

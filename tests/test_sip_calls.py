@@ -316,6 +316,26 @@ def test_reinvite_to_hold_is_answered_and_the_call_goes_on(
     wait_until(lambda: not sip_gateway.runtime.live, what="the call to end")
 
 
+def test_a_caller_that_goes_silent_without_bye_is_hung_up(tmp_path: Path) -> None:
+    with run_gateway({**FAST, **sip_env(RTP_TIMEOUT="1")}) as gateway:
+        peer = RawUac(gateway.settings.sip_port)
+        try:
+            peer.answered_call()
+            session_id = _session_for(gateway, rec.UAC_CALL_ID)
+            # One packet, then nothing: the caller's side is gone.
+            silence = RtpPacket(payload_type=0, sequence=1, timestamp=0, ssrc=9, payload=bytes(160))
+            peer.rtp.sendto(silence.serialize(), ("127.0.0.1", _rtp_port(gateway)))
+            bye = peer.receive()
+            while bye.startswith(b"SIP/2.0"):
+                bye = peer.receive()
+            assert bye.startswith(b"BYE "), bye[:200]
+        finally:
+            peer.close()
+        wait_until(lambda: not gateway.runtime.live, what="the call to end")
+        record = gateway.record(session_id)
+        assert record is not None and record.end_reason == "media_timeout"
+
+
 def test_draining_instance_answers_503_with_retry_after(
     sip_gateway: RunningGateway, uac: RawUac
 ) -> None:
