@@ -336,6 +336,34 @@ def test_a_caller_that_goes_silent_without_bye_is_hung_up(tmp_path: Path) -> Non
         assert record is not None and record.end_reason == "media_timeout"
 
 
+def test_an_invite_without_sdp_gets_our_offer_and_the_ack_answers_it(
+    sip_gateway: RunningGateway, uac: RawUac
+) -> None:
+    uac.send(rec.CANCEL_INVITE)  # SIPp's INVITE without a body
+    ok = uac.status(200)
+    offer = ok.partition(b"\r\n\r\n")[2]
+    assert re.search(rb"^m=audio \d+ RTP/AVP 0 8 101\r$", offer, re.M), offer
+    port = int(re.search(rb"^m=audio (\d+)", offer, re.M).group(1))  # type: ignore[union-attr]
+    answer_sdp = rec.UAC_PCAP_SDP  # PCMA and telephone-event, from the offer's formats
+    ack = rec.CANCEL_ACK.replace(b"Max-Forwards: 70\r\n", b"Content-Type: application/sdp\r\n")
+    uac.send(ack.replace(b"Content-Length: 0\r\n\r\n", b"Content-Length: 0\r\n\r\n" + answer_sdp))
+    packet = RtpPacket.parse(uac.rtp.recvfrom(2048)[0])  # the greeting, in the answer's codec
+    assert packet.payload_type == 8
+    assert uac.gateway[1] != port
+    bye = rec.UAC_BYE.replace(b"1-12980@", b"1-13185@").replace(
+        b"12980SIPpTag001", b"13185SIPpTag001"
+    )
+    uac.send(bye)
+    uac.status(200)
+    wait_until(lambda: not sip_gateway.runtime.live, what="the call to end")
+
+
+def test_options_is_answered_with_allow(sip_gateway: RunningGateway, uac: RawUac) -> None:
+    uac.send(rec.OPTIONS_RPORT)
+    ok = uac.status(200)
+    assert re.search(rb"^Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\r$", ok, re.M), ok
+
+
 def test_draining_instance_answers_503_with_retry_after(
     sip_gateway: RunningGateway, uac: RawUac
 ) -> None:
