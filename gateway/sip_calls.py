@@ -241,11 +241,8 @@ class SipCalls:
         call = self.calls.get(event.call_id)
         if call is None or call.our_offer is None:
             return
-        offer, call.our_offer = call.our_offer, None
         try:
-            if event.sdp is None:
-                raise SdpError("the ACK carries no SDP answer to our offer")
-            params = accept_answer(offer, SessionDescription.parse(event.sdp))
+            params = self._take_answer(call, event.sdp)
         except SdpError as exc:
             log.warning("SIP call %s: bad answer in the ACK (%s): hanging up", call.session_id, exc)
             self._hangup(call)
@@ -352,16 +349,22 @@ class SipCalls:
         call = self.calls.get(event.call_id)
         if call is None or call.our_offer is None:
             return
-        offer, call.our_offer = call.our_offer, None
         try:
-            if event.sdp is None:
-                raise SdpError("the ACK carries no SDP answer to our offer")
-            params = accept_answer(offer, SessionDescription.parse(event.sdp))
+            params = self._take_answer(call, event.sdp)
         except SdpError as exc:
             log.warning("SIP call %s: bad answer to our re-offer (%s)", call.session_id, exc)
             return
         if call.transport is not None:
             call.transport.update(params)
+
+    @staticmethod
+    def _take_answer(call: _Call, sdp: bytes | None) -> MediaParams:
+        """The stream the caller's answer (in an ACK) settles for the offer we sent."""
+        assert call.our_offer is not None
+        offer, call.our_offer = call.our_offer, None
+        if sdp is None:
+            raise SdpError("the ACK carries no SDP answer to our offer")
+        return accept_answer(offer, SessionDescription.parse(sdp))
 
     def _protocol_error(self, event: ProtocolError) -> None:
         log.warning(

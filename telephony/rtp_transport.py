@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from session.interfaces import TransportListener
+from telephony.loop_timer import LoopTimer
 from telephony.rtp_session import AudioReceived, DtmfReceived, PlayoutMark, RtpSession
 from telephony.sdp import MediaParams
 
@@ -41,8 +42,7 @@ class RtpTransport(asyncio.DatagramProtocol):
         self._on_close = on_close
         self._socket: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = LoopTimer(self._loop, self._on_timer)
 
     # ------------------------------------------------------------- asyncio protocol
 
@@ -102,9 +102,7 @@ class RtpTransport(asyncio.DatagramProtocol):
 
     def _shut(self) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._socket is not None:
             self._socket.close()
 
@@ -127,19 +125,9 @@ class RtpTransport(asyncio.DatagramProtocol):
             elif type(event) is DtmfReceived:
                 listener.handle_dtmf(event.digit)
         if not self.closed:
-            self._arm(rtp.get_timer())
+            self._timer.arm(rtp.get_timer())
 
-    def _arm(self, when: float | None) -> None:
-        if when == self._timer_at and self._timer is not None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = None if when is None else self._loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        self._timer_at = None
+    def _on_timer(self) -> None:
         if self.closed:
             return
         now = self._loop.time()

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from telephony.loop_timer import LoopTimer
 from telephony.sip import SipEndpoint, SipEvent
 
 __all__ = ["SipServer", "open_sip_server"]
@@ -26,8 +27,7 @@ class SipServer(asyncio.DatagramProtocol):
         self._on_event = on_event
         self._loop = asyncio.get_running_loop()
         self._socket: asyncio.DatagramTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = LoopTimer(self._loop, self._on_timer)
         self._pumping = False
 
     # ------------------------------------------------------------- asyncio protocol
@@ -71,9 +71,7 @@ class SipServer(asyncio.DatagramProtocol):
         self.pump()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._socket is not None:
             self._socket.close()
 
@@ -100,22 +98,9 @@ class SipServer(asyncio.DatagramProtocol):
                     log.exception("SIP event handler failed on %r", event)
         finally:
             self._pumping = False
-        self._arm(self.endpoint.get_timer())
+        self._timer.arm(self.endpoint.get_timer())
 
-    def _arm(self, when: float | None) -> None:
-        if when == self._timer_at and self._timer is not None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        if when is None:
-            self._timer = None
-        else:
-            self._timer = self._loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        self._timer_at = None
+    def _on_timer(self) -> None:
         self.endpoint.handle_timer(self._loop.time())
         self.pump()
 

@@ -1,11 +1,11 @@
 """SIPp as the independent SIP peer in the tests, and the pcap files its `uac_pcap` plays.
 
 SIPp's built-in `uac_pcap` scenario plays `pcap/g711a.pcap` (PCMA speech) and then
-`pcap/dtmf_2833_1.pcap` (RFC 4733 events) from its working directory. Debian's `sip-tester`
-ships those recordings in /usr/share/sip-tester; `write_uac_pcap_files` lays them out, with the
-key presses a test wants joined into one capture: RTP in Ethernet/IPv4/UDP frames in a classic
-libpcap file, which is what SIPp's player reads (it takes the UDP payloads and their timing and
-sends them from its own media port).
+`pcap/dtmf_2833_1.pcap` (RFC 4733 events) from its working directory. `write_uac_pcap_files`
+writes them: speech the test chooses, and the key presses it wants joined from the recordings
+Debian's `sip-tester` ships in /usr/share/sip-tester. Both are RTP in Ethernet/IPv4/UDP frames
+in a classic libpcap file, which is what SIPp's player reads (it takes the UDP payloads and
+their timing and sends them from its own media port).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from telephony.g711 import pcm_to_alaw
+from telephony.rtp import RtpPacket
 from tests.test_rtp import SIPP_PCAPS, read_pcap_rtp
 
 UNEXPECTED = ("FailedUnexpectedMessage(C)", "OutOfCallMsgs(C)", "DeadCallMsgs(C)")
@@ -132,16 +134,33 @@ def write_pcap(path: Path, packets: Iterable[tuple[float, bytes]]) -> None:
             out.write(frame)
 
 
-def write_uac_pcap_files(cwd: Path, digits: Sequence[str]) -> None:
-    """`cwd/pcap/` as `sipp -sn uac_pcap` wants it: SIPp's own recordings from the package.
+def pcma_capture(pcm_8k: bytes, ptime_ms: int = 30) -> list[tuple[float, bytes]]:
+    """16-bit PCM at 8 kHz as PCMA RTP, one packet per `ptime_ms`, as a phone sends it."""
+    step = 8 * ptime_ms * 2  # bytes of PCM per packet
+    packets = []
+    for n, offset in enumerate(range(0, len(pcm_8k), step)):
+        packet = RtpPacket(
+            marker=n == 0,
+            payload_type=8,  # PCMA, as uac_pcap offers it
+            sequence=1000 + n,
+            timestamp=160_000 + n * step // 2,
+            ssrc=0x5151,
+            payload=pcm_to_alaw(pcm_8k[offset : offset + step].ljust(step, b"\x00")),
+        )
+        packets.append((n * ptime_ms / 1000, packet.serialize()))
+    return packets
 
-    `g711a.pcap` is SIPp's 7 s of recorded PCMA speech in 30 ms packets. `dtmf_2833_1.pcap`
-    is made of SIPp's recorded key presses (`dtmf_2833_<key>.pcap`) for `digits`, one after the
-    other, 100 ms apart.
+
+def write_uac_pcap_files(cwd: Path, speech_pcm_8k: bytes, digits: Sequence[str]) -> None:
+    """`cwd/pcap/` as `sipp -sn uac_pcap` wants it.
+
+    `g711a.pcap` carries `speech_pcm_8k` as PCMA in 30 ms packets, like SIPp's own recording.
+    `dtmf_2833_1.pcap` is made of SIPp's recorded key presses (`dtmf_2833_<key>.pcap` from the
+    package) for `digits`, one after the other, 100 ms apart.
     """
     folder = cwd / "pcap"
     folder.mkdir(exist_ok=True)
-    (folder / "g711a.pcap").symlink_to(SIPP_PCAPS / "g711a.pcap")
+    write_pcap(folder / "g711a.pcap", pcma_capture(speech_pcm_8k))
     packets: list[tuple[float, bytes]] = []
     start = 0.0
     for digit in digits:

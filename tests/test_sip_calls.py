@@ -15,8 +15,10 @@ import httpx
 import pytest
 
 from infra.store import SessionRecord
+from session.audio import audioop
 from telephony.rtp import RtpPacket
 from tests import sip_packets as rec
+from tests.fixtures import PHONE_WAV, wav_ulaw
 from tests.gateway_server import RunningGateway, run_gateway
 from tests.sipp import SippRun, run_sipp, write_uac_pcap_files
 
@@ -138,10 +140,13 @@ def test_fifty_sipp_calls_at_ten_per_second(sip_gateway: RunningGateway, tmp_pat
 
 
 def test_uac_pcap_speech_is_transcribed_and_dtmf_reaches_the_agent(tmp_path: Path) -> None:
-    """SIPp's uac_pcap through the offline stack: its recorded PCMA speech in 30 ms packets,
-    then recorded RFC 4733 key presses. The scenario hangs up a second after the keys, before
-    a lone "1" would time out into a turn, so "#" ends the entry as a caller would."""
-    write_uac_pcap_files(tmp_path, "1#")
+    """SIPp's uac_pcap through the offline stack: PCMA in 30 ms packets, then RFC 4733 keys.
+
+    The speech is the real phone recording from the shared fixtures (3.3 s): SIPp's own 7 s
+    recording ends 1.5 s before the scenario hangs up, less than PocketSphinx may need to
+    finish it on a busy machine. The scenario hangs up a second after the keys, before a lone
+    "1" would time out into a turn, so "#" ends the entry as a caller would."""
+    write_uac_pcap_files(tmp_path, audioop.ulaw2lin(wav_ulaw(PHONE_WAV), 2), "1#")
     with run_gateway(sip_env()) as gateway:
         run = sipp(gateway, tmp_path, "uac_pcap", calls=1, rate=1)
         assert_clean(run, 1)
@@ -150,17 +155,16 @@ def test_uac_pcap_speech_is_transcribed_and_dtmf_reaches_the_agent(tmp_path: Pat
         log = events(gateway, record.session_id)
         stats = media_stats(gateway, record.session_id)
     finals = [e["data"]["text"] for e in log if e["kind"] == "transcript"]
-    assert len(finals) == 1 and len(finals[0].split()) >= 5, finals  # seven seconds of speech
+    assert finals and all(text.strip() for text in finals), finals
+    # Whatever the recogniser made of the phone line (it is weak on real phone audio), the
+    # turns come in order: what was said, then the keys.
     turns = [e["data"] for e in log if e["kind"] == "user_turn"]
-    # The key presses come half a second after the speech, while the recogniser may still be
-    # finishing it: the two turns can land in either order.
-    assert sorted(turns, key=str) == sorted(
-        [{"text": finals[0], "dtmf": ""}, {"text": "", "dtmf": "1"}], key=str
-    ), turns
+    assert turns[-1] == {"text": "", "dtmf": "1"}, turns
+    assert " ".join(t["text"] for t in turns[:-1]) == " ".join(finals), turns
     replies = [e["data"]["text"] for e in log if e["kind"] == "agent_text"]
-    assert "You pressed 1." in replies, replies
+    assert f"You said: {turns[-2]['text']}." in replies and "You pressed 1." in replies, replies
     assert stats["codec"] == "PCMA" and stats["packets_sent"] > 0
-    assert stats["packets_received"] >= 236 and stats["packets_lost"] == 0
+    assert stats["packets_received"] >= 110 and stats["packets_lost"] == 0
 
 
 # -- a raw user agent --------------------------------------------------------------------------

@@ -3,9 +3,7 @@ import base64
 import json
 import os
 import signal
-import struct
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,33 +13,14 @@ from providers.tts.espeak import ESpeakTTS
 from session.audio import StreamingResampler, audioop
 from session.errors import ErrorCode, ProviderError
 from session.interfaces import STTStream, TranscriptEvent
+from tests.fixtures import PHONE_WAV, RECORDED_CALL, wav_ulaw
 
-FIXTURES = Path("/work/shared/fixtures")
 PHONE_RATE = 8000
 STT_RATE = 16000
 
 
-def wav_ulaw(path: Path) -> bytes:
-    """The data chunk of a RIFF/WAVE file holding μ-law (format tag 7)."""
-    data = path.read_bytes()
-    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
-    pos = 12
-    fmt_tag = None
-    while pos + 8 <= len(data):
-        chunk_id, size = struct.unpack_from("<4sI", data, pos)
-        body = data[pos + 8 : pos + 8 + size]
-        if chunk_id == b"fmt ":
-            fmt_tag, channels, rate = struct.unpack_from("<HHI", body)
-            assert (channels, rate) == (1, PHONE_RATE)
-        elif chunk_id == b"data":
-            assert fmt_tag == 7
-            return body
-        pos += 8 + size + (size & 1)
-    raise AssertionError("no data chunk")
-
-
 def call_ulaw() -> bytes:
-    lines = (FIXTURES / "twilio-recorded-call.jsonl").read_text().splitlines()
+    lines = RECORDED_CALL.read_text().splitlines()
     messages = [json.loads(line) for line in lines]
     return b"".join(
         base64.b64decode(m["media"]["payload"]) for m in messages if m["event"] == "media"
@@ -111,7 +90,7 @@ def test_declares_its_rate_and_name() -> None:
 async def test_real_phone_recording_gives_a_final(pool: DecoderPool) -> None:
     stream = await open_stream(pool)
     assert isinstance(stream, STTStream)
-    final = await say(stream, phone_to_stt(wav_ulaw(FIXTURES / "real-phone-how-are-you.wav")))
+    final = await say(stream, phone_to_stt(wav_ulaw(PHONE_WAV)))
     print(f"real-phone-how-are-you.wav -> {final.text!r} (confidence {final.confidence})")
     assert final.text
     assert final.confidence is not None and 0.0 <= final.confidence <= 1.0

@@ -1,6 +1,5 @@
 import base64
 import json
-import struct
 import time
 
 import numpy as np
@@ -9,7 +8,7 @@ import pytest
 from providers.vad.energy import EnergyVad
 from session.audio import audioop
 from session.interfaces import VAD
-from tests.fixtures import PHONE_WAV, RECORDED_CALL
+from tests.fixtures import PHONE_WAV, RECORDED_CALL, wav_ulaw
 
 PHONE_RATE = 8000
 FRAME_BYTES = 320  # 20 ms at 8 kHz
@@ -27,21 +26,7 @@ def call_frames() -> list[bytes]:
 
 def phone_pcm() -> bytes:
     """The real phone WAV (8 kHz μ-law, format tag 7) as 8 kHz PCM."""
-    data = PHONE_WAV.read_bytes()
-    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
-    pos = 12
-    fmt_tag = None
-    while pos + 8 <= len(data):
-        chunk_id, size = struct.unpack_from("<4sI", data, pos)
-        body = data[pos + 8 : pos + 8 + size]
-        if chunk_id == b"fmt ":
-            fmt_tag, channels, rate = struct.unpack_from("<HHI", body)
-            assert (fmt_tag, channels, rate) == (7, 1, PHONE_RATE)
-        elif chunk_id == b"data":
-            assert fmt_tag == 7
-            return audioop.ulaw2lin(body, 2)
-        pos += 8 + size + (size & 1)
-    raise AssertionError("no data chunk")
+    return audioop.ulaw2lin(wav_ulaw(PHONE_WAV), 2)
 
 
 def with_noise(frames: list[bytes], rms: float, seed: int = 1) -> list[bytes]:

@@ -1,13 +1,13 @@
 import base64
 import json
-from pathlib import Path
 
 import pytest
 
 from providers.vad.webrtc import WebRtcVad
 from session.audio import audioop
+from tests.fixtures import RECORDED_CALL
 
-CALL = Path("/work/shared/fixtures/twilio-recorded-call.jsonl")
+CALL = RECORDED_CALL
 
 
 def call_frames() -> list[bytes]:
