@@ -18,18 +18,13 @@ from infra.store import SessionRecord
 from session.audio import audioop
 from telephony.rtp import RtpPacket
 from tests import sip_packets as rec
+from tests.fakes.serve import free_udp_port
 from tests.fixtures import PHONE_WAV, wav_ulaw
 from tests.gateway_server import RunningGateway, run_gateway
 from tests.sipp import SippRun, run_sipp, write_uac_pcap_files
 
 FAST = {"STT_PROVIDER": "scripted", "TTS_PROVIDER": "tone", "AGENT_PROVIDER": "instant"}
 API = {"Authorization": "Bearer test-api-token"}
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sip_env(**extra: str) -> dict[str, str]:

@@ -18,6 +18,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextlib.contextmanager
 def serve_in_thread(app: Any, name: str, **config: Any) -> Iterator[str]:
     """Runs `app` for the `with` block and yields its base URL (`http://127.0.0.1:PORT`).
