@@ -7,6 +7,13 @@ Outbound: 20 ms of PCM -> μ-law -> base64 -> JSON media message.
 Session: the same inbound frame pushed through `VoiceSession.process_audio` (VAD, speech
 tracking, pre-roll), on silence and on speech. Frames come from the real recorded call in
 the shared fixtures, so the VAD sees real phone audio.
+
+As served: what the gateway runs per frame above the event loop's socket read and write.
+Inbound, the masked websocket frame's bytes -> `MediaWebSocketProtocol.data_received` (frame
+header, unmask, UTF-8) -> the endpoint's `DirectFeed` -> `TwilioTransport.feed` -> the session
+(`uvicorn`'s `websockets-sansio` shown beside it for the websocket layer alone; it also costs an
+ASGI queue and a task switch per message, not counted here). Outbound, `send_audio` of 20 ms
+through the endpoint's ASGI socket to the frame bytes handed to the socket.
 """
 
 from __future__ import annotations
@@ -20,6 +27,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
+
+from gateway.asgi_websocket import DIRECT_RECEIVE, MediaWebSocketProtocol
+from gateway.media_socket import AsgiTextSocket, DirectFeed
 from providers.vad.webrtc import WebRtcVad
 from session.audio import StreamingResampler
 from session.config import Config
@@ -27,6 +43,7 @@ from session.session import VoiceSession
 from telephony.g711 import pcm_to_ulaw, ulaw_to_pcm
 from telephony.twilio.connection import MediaStreamConnection
 from telephony.twilio.messages import encode_media
+from telephony.twilio.transport import TwilioTransport
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/twilio-recorded-call.jsonl"
 
@@ -145,6 +162,157 @@ def run(repeat: int, fixture: Path) -> list[tuple[str, float]]:
         return cost
 
     results.append(("session.process_audio (real call audio)", asyncio.run(session_cost())))
+    results.extend(asyncio.run(_served(head, media, pcm_frames, repeat)))
+    return results
+
+
+class _NullSocketTransport:
+    """Enough of an asyncio transport for a websocket protocol that is never really connected."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def _open_protocol(
+    protocol_class: type[WebSocketsSansIOProtocol], app: Callable[..., object]
+) -> tuple[WebSocketsSansIOProtocol, _NullSocketTransport]:
+    """A server-side protocol past its handshake, over a transport that goes nowhere."""
+    config = uvicorn.Config(app, ws=protocol_class, lifespan="off", log_config=None)
+    config.load()
+    protocol = protocol_class(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = _NullSocketTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    client = ClientProtocol(parse_uri("ws://gateway.example/twilio/stream"))
+    client.send_request(client.connect())
+    protocol.data_received(b"".join(client.data_to_send()))
+    for _ in range(100):
+        if protocol.handshake_complete:
+            break
+        await asyncio.sleep(0)
+    assert protocol.handshake_complete
+    return protocol, transport
+
+
+async def _served(
+    head: list[str], media: list[str], pcm_frames: list[bytes], repeat: int
+) -> list[tuple[str, float]]:
+    frames = [
+        Frame(Opcode.TEXT, line.encode()).serialize(mask=True, extensions=[]) for line in media
+    ]
+    results: list[tuple[str, float]] = []
+    finished = asyncio.Event()  # the benches' connections end when it is set
+
+    # The websocket layer alone: frame bytes in, the message's text out.
+    class NullReceiver:
+        def on_message(self, data: str | bytes) -> None: ...
+
+        def on_disconnect(self, code: int) -> None: ...
+
+    async def attach_app(scope: dict, receive: Callable, send: Callable) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        scope["extensions"][DIRECT_RECEIVE](NullReceiver())
+        await finished.wait()
+
+    fast, _ = await _open_protocol(MediaWebSocketProtocol, attach_app)
+
+    def fast_frames() -> None:
+        for frame in frames:
+            fast.data_received(frame)
+
+    cost = _per_op_us(fast_frames, len(frames), repeat)
+    results.append(("websocket frame -> text (MediaWebSocketProtocol)", cost))
+
+    async def asgi_app(scope: dict, receive: Callable, send: Callable) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await finished.wait()
+
+    sansio, _ = await _open_protocol(WebSocketsSansIOProtocol, asgi_app)
+
+    def sansio_frames() -> None:
+        for frame in frames:
+            sansio.data_received(frame)
+        while not sansio.queue.empty():
+            sansio.queue.get_nowait()
+
+    cost = _per_op_us(sansio_frames, len(frames), repeat)
+    results.append(("  vs websockets-sansio (+ ASGI queue, task)", cost))
+
+    # The whole inbound path: websocket frame -> transport -> session.
+    sockets: list[AsgiTextSocket] = []
+    feeds: list[DirectFeed] = []
+    session = VoiceSession(
+        transport=_NullTransport(),
+        stt=_NullSTT(),
+        tts=None,  # type: ignore[arg-type]
+        vad=WebRtcVad(sample_rate=8000),
+        agent=lambda ctx, text: "",
+        config=Config(session_id="bench"),
+    )
+    await session.start()
+
+    async def endpoint_app(scope: dict, receive: Callable, send: Callable) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        socket = AsgiTextSocket(send)
+        transport = TwilioTransport(socket)
+        for line in head:
+            transport.feed(line)
+        transport.listener = session
+        feed = DirectFeed(None, transport, session)  # type: ignore[arg-type]
+        sockets.append(socket)
+        feeds.append(feed)
+        scope["extensions"][DIRECT_RECEIVE](feed)
+        await finished.wait()
+
+    served, wire = await _open_protocol(MediaWebSocketProtocol, endpoint_app)
+
+    def served_frames() -> None:
+        for frame in frames:
+            served.data_received(frame)
+
+    cost = _per_op_us(served_frames, len(frames), repeat)
+    results.append(("inbound frame as served (ws frame -> session)", cost))
+    assert not feeds[0].done.done(), "the bench stream ended early"
+
+    # Outbound as served: 20 ms of PCM -> μ-law, base64, JSON -> websocket frame bytes.
+    transport = TwilioTransport(sockets[0])
+    for line in head:
+        transport.feed(line)
+
+    async def send_all() -> None:
+        for pcm in pcm_frames:
+            await transport.send_audio(pcm)
+
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        await send_all()
+        samples.append((time.perf_counter() - start) / len(pcm_frames) * 1e6)
+    assert wire.written > 0
+    results.append(("outbound 20 ms frame as served (-> ws frame)", statistics.median(samples)))
+    await session.stop()
+    finished.set()
+    for protocol in (fast, sansio, served):
+        for _ in range(3):  # let the app return before the connection goes
+            await asyncio.sleep(0)
+        protocol.connection_lost(None)
     return results
 
 
