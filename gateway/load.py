@@ -86,6 +86,8 @@ __all__ = [
     "main_load",
     "media_template",
     "new_event_loop",
+    "new_http_client",
+    "run_call",
     "run_load",
     "start_offset",
     "vowel_pcm",
@@ -524,6 +526,37 @@ class _Caller:
 # The run
 
 
+def new_http_client() -> httpx.AsyncClient:
+    """The client every caller of a run shares for its webhooks: enough connections that a
+    burst of webhooks during the ramp never queues for one."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    return httpx.AsyncClient(timeout=CONNECT_TIMEOUT, limits=limits)
+
+
+async def run_call(
+    http: httpx.AsyncClient,
+    url: str,
+    audio: CallerAudio,
+    lateness: array[float],
+    *,
+    start_at: float,
+    end_at: float,
+    auth_token: str | None = None,
+    turns_per_call: int | None = None,
+    reply_timeout: float = REPLY_TIMEOUT,
+    pause: float = PAUSE,
+) -> CallResult:
+    """One simulated call, the same as each of `run_load`'s: dial at `start_at`, talk turn
+    after turn, hang up at `end_at` (both `time.monotonic()` times), and return what the
+    caller saw. Each frame's send lateness is appended to `lateness`. Never raises for what
+    the gateway does: a failure is in the result. For tools that start and end calls on
+    their own schedule (`bench.soak`)."""
+    caller = _Caller(
+        audio, lateness, turns_per_call=turns_per_call, reply_timeout=reply_timeout, pause=pause
+    )
+    return await caller.run(http, url.rstrip("/"), auth_token, start_at, end_at)
+
+
 async def run_load(
     url: str,
     calls: int,
@@ -567,9 +600,7 @@ async def run_load(
         )
         for _ in range(calls)
     ]
-    # Enough connections that a burst of webhooks during the ramp never queues for one.
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=CONNECT_TIMEOUT, limits=limits) as http:
+    async with new_http_client() as http:
         monitor = asyncio.create_task(measure_steady_part(probe, calls, steady_start, end_at))
         try:
             results = await asyncio.gather(
