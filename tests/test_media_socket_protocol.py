@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
@@ -130,10 +131,15 @@ class Client:
         self.pending: list[Frame] = []  # frames read along with the handshake answer
 
     @classmethod
-    async def open(cls, port: int, path: str, *, early: bytes = b"") -> Client:
+    async def open(
+        cls, port: int, path: str, *, early: bytes = b"", deflate: bool = False
+    ) -> Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         client = cls(reader, writer)
-        client.protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}{path}"))
+        client.protocol = ClientProtocol(
+            parse_uri(f"ws://127.0.0.1:{port}{path}"),
+            extensions=[ClientPerMessageDeflateFactory()] if deflate else None,
+        )
         client.protocol.send_request(client.protocol.connect())
         writer.write(b"".join(client.protocol.data_to_send()))
         if early:
@@ -362,10 +368,28 @@ async def test_bytes_sent_before_the_handshake_answer_are_still_read(
     client.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_compressed_frames_go_through_websockets(server: tuple[int, Seen], mode: str) -> None:
+    # uvicorn accepts permessage-deflate by default (serve declines it); compressed frames
+    # carry RSV1 and must be left to `websockets`.
+    port, seen = server
+    client = await Client.open(port, f"/{mode}", deflate=True)
+    assert client.protocol.extensions, "permessage-deflate was not negotiated"
+    messages = ["squeeze " * 40, "me", "too " * 100]
+    for message in messages:
+        client.protocol.send_text(message.encode())
+    client.protocol.send_frame(Frame(Opcode.TEXT, b"plain"))  # uncompressed is allowed too
+    await client.write(b"".join(client.protocol.data_to_send()), chunk=50)
+    assert await client.replies(4) == [*messages, "plain"]
+    assert seen.messages[f"/{mode}"] == [*messages, "plain"]
+    client.close()
+
+
 def test_serve_runs_this_protocol_on_uvloop_and_httptools() -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None: ...
 
     assert SERVER_OPTIONS["loop"] == "uvloop"
+    assert SERVER_OPTIONS["ws_per_message_deflate"] is False
     config = uvicorn.Config(app, **SERVER_OPTIONS)
     config.load()
     assert config.ws_protocol_class is MediaWebSocketProtocol
