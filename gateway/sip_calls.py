@@ -409,6 +409,8 @@ class SipCalls:
         self.calls.pop(call_id, None)
 
     def _release(self, call: _Call) -> None:
+        if call.transport is not None:
+            call.transport.listener = None  # the session holds the transport: no cycle left
         if call.port is not None:
             self.ports.release(call.port)
             call.port = None

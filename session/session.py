@@ -127,7 +127,9 @@ class VoiceSession:
         self._state_callbacks: list[StateCallback] = [on_state_changed] if on_state_changed else []
         self._event_callbacks: list[EventCallback] = [on_event] if on_event else []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.telemetry = telemetry or SessionTelemetry(clock=self._now)
+        # A module function, not the bound `self._now`: a reference back to the session from
+        # its telemetry would leave every ended call for the cyclic collector to free.
+        self.telemetry = telemetry or SessionTelemetry(clock=_loop_time)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping: asyncio.Future[None] | None = None
 
@@ -918,6 +920,11 @@ class VoiceSession:
             log.exception("closing the transport failed")
         self._emit("ended", reason=reason)
         self.telemetry.session_ended(reason)
+        # A cancelled task keeps its exception, whose traceback keeps the frames that refer
+        # to this session: let go of them so an ended call is freed by reference counting.
+        self._current_task = None
+        self._current = None
+        self._marks.clear()
 
     async def _watchdog(self) -> None:
         cfg = self.config
@@ -1027,6 +1034,14 @@ class VoiceSession:
     @property
     def _agent_name(self) -> str:
         return str(getattr(self._agent, "name", None) or getattr(self._agent, "__name__", "agent"))
+
+
+def _loop_time() -> float:
+    """The running loop's clock (the engine's), as `_now` reads it."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 async def _once(text: str) -> AsyncIterator[str]:

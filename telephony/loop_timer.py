@@ -16,7 +16,7 @@ __all__ = ["LoopTimer"]
 class LoopTimer:
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
-        self._callback = callback
+        self._callback: Callable[[], None] | None = callback
         self._handle: asyncio.TimerHandle | None = None
         self._at: float | None = None
 
@@ -25,7 +25,7 @@ class LoopTimer:
         if when == self._at and self._handle is not None:
             return
         self.cancel()
-        if when is not None:
+        if when is not None and self._callback is not None:
             self._at = when
             self._handle = self._loop.call_at(when, self._fire)
 
@@ -35,7 +35,13 @@ class LoopTimer:
         self._handle = None
         self._at = None
 
+    def close(self) -> None:
+        """Never fire again; drops the callback, which usually refers back to the owner."""
+        self.cancel()
+        self._callback = None
+
     def _fire(self) -> None:
         self._handle = None
         self._at = None
-        self._callback()
+        if self._callback is not None:
+            self._callback()

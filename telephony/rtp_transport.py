@@ -81,9 +81,10 @@ class RtpTransport(asyncio.DatagramProtocol):
         """The session ended: stop the media; `on_close` hangs the call up (BYE)."""
         if self.closed:
             return
+        on_close = self._on_close
         self._shut()
-        if self._on_close is not None:
-            self._on_close()
+        if on_close is not None:
+            on_close()
 
     # ------------------------------------------------------------- call control
 
@@ -102,7 +103,8 @@ class RtpTransport(asyncio.DatagramProtocol):
 
     def _shut(self) -> None:
         self.closed = True
-        self._timer.cancel()
+        self._on_close = None  # it refers to the call that refers to us: no cycle left
+        self._timer.close()
         if self._socket is not None:
             self._socket.close()
 

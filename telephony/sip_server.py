@@ -71,7 +71,7 @@ class SipServer(asyncio.DatagramProtocol):
         self.pump()
 
     def close(self) -> None:
-        self._timer.cancel()
+        self._timer.close()
         if self._socket is not None:
             self._socket.close()
 

@@ -27,8 +27,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from gateway.caller import run_call
 from gateway.workers import check_workers, handoff_env, worker_settings
 from infra.settings import load_settings
+from tests.fakes.serve import free_udp_port
 from tests.gateway_server import free_port
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 (fixture)
+from tests.sipp import run_sipp
 from tests.test_metrics_export import Receiver, otlp_receiver  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +73,7 @@ def test_each_worker_is_named_after_the_instance_and_its_pid(
     }
     settings = worker_settings(env, pid=4242)
     assert settings.instance_id == "gw-eu-4242"
+    assert settings.sip_shared_port  # the workers share SIP_PORT
     assert (settings.host, settings.port) == ("0.0.0.0", 9100)
     assert settings.public_url == "http://0.0.0.0:9100"
     assert settings.api_token == "shared" and not settings.api_token_generated
@@ -120,6 +123,7 @@ def test_workers_without_redis_url_are_refused(tmp_path: Path) -> None:
 class Workers:
     url: str
     process: subprocess.Popen[bytes]
+    sip_port: int
 
     def stop(self) -> None:
         """SIGTERM to the supervisor, as a deploy does; every worker must stop cleanly."""
@@ -141,13 +145,14 @@ def two_workers(
 ) -> Iterator[Workers]:
     redis_server.start()
     redis_server.flushall()
-    port = free_port()
+    port, sip_port = free_port(), free_udp_port()
     env = gateway_env(
         REDIS_URL=redis_server.url,
         INSTANCE_ID="gw",
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.url,
+        SIP_PORT=str(sip_port),
     )
-    workers = Workers(f"http://127.0.0.1:{port}", serve(port, 2, env, tmp_path))
+    workers = Workers(f"http://127.0.0.1:{port}", serve(port, 2, env, tmp_path), sip_port)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -218,3 +223,40 @@ def test_calls_are_carried_by_two_workers_on_one_port(
         if attribute.key == "service.instance.id"
     }
     assert exported == instances
+
+
+def test_sip_calls_reach_workers_sharing_the_sip_port(two_workers: Workers, tmp_path: Path) -> None:
+    # Every worker binds SIP_PORT (SO_REUSEPORT); the kernel picks one per source address, so
+    # a few SIPp runs from different ports land on one worker or both, each call whole.
+    for _ in range(4):
+        run = run_sipp(
+            "uac",
+            two_workers.sip_port,
+            cwd=tmp_path,
+            calls=2,
+            rate=5,
+            call_ms=500,
+            local_port=free_udp_port(),
+            media_port=free_udp_port() & ~1,
+        )
+        assert run.returncode == 0 and run.count("SuccessfulCall(C)") == 2, run.output
+        assert run.unexpected == 0, run.stats
+
+    async def sip_records() -> list[dict[str, str]]:
+        async with httpx.AsyncClient() as http:
+            for _ in range(50):  # records are written behind the calls
+                reply = await http.get(
+                    two_workers.url + "/api/sessions",
+                    params={"limit": 500},
+                    headers={"Authorization": f"Bearer {API_TOKEN}"},
+                )
+                found = [r for r in reply.json()["sessions"] if r["transport"] == "sip"]
+                if len(found) == 8 and all(r["end_reason"] for r in found):
+                    return found
+                await asyncio.sleep(0.1)
+        return found
+
+    records = asyncio.run(sip_records())
+    assert len(records) == 8 and {r["end_reason"] for r in records} == {"bye"}, records
+    for record in records:
+        assert re.fullmatch(r"gw-\d+", record["instance"]), record
