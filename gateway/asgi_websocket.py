@@ -92,7 +92,8 @@ class _ToReceiver:
 class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
     """`websockets-sansio` with a fast path for text frames and the `DIRECT_RECEIVE` extension.
 
-    Serve with uvicorn's `ws="gateway.asgi_websocket:MediaWebSocketProtocol"`.
+    Serve with uvicorn's `ws=MediaWebSocketProtocol` (the class: uvicorn 0.35, the first with
+    `websockets-sansio`, takes no import string for `ws`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -208,24 +209,14 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.pause_reading()
 
     def send_receive_event_to_app(self) -> None:
-        receiver = self._receiver
-        if receiver is None or self.close_sent:
-            super().send_receive_event_to_app()
-            return
-        # A message that came through `websockets` (binary, or reassembled from fragments).
-        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
-        self.frames = []
-        if self.curr_msg_data_type == "text":
-            try:
-                text = data.decode()
-            except UnicodeDecodeError:
-                self.logger.exception("Invalid UTF-8 sequence received from client.")
-                self.conn.send_close(1007)
-                self.handle_parser_exception()
-                return
-            receiver.on_message(text)
-        else:
-            receiver.on_message(data)
+        # A message that came through `websockets` (binary, compressed or reassembled from
+        # fragments). With a receiver attached, `self.queue` delivers it at once; the pause
+        # uvicorn then puts on reading, waiting for an ASGI `receive()`, is undone.
+        was_paused = self.read_paused
+        super().send_receive_event_to_app()
+        if self._receiver is not None and self.read_paused and not was_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
 
     # -- internals
 

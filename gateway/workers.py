@@ -22,6 +22,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from gateway.asgi_websocket import MediaWebSocketProtocol
 from infra.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ PORT_ENV = "VOICE_GATEWAY_PORT"
 SERVER_OPTIONS: dict[str, Any] = {
     "loop": "uvloop",
     "http": "httptools",
-    "ws": "gateway.asgi_websocket:MediaWebSocketProtocol",
+    "ws": MediaWebSocketProtocol,
     "ws_per_message_deflate": False,
     "log_config": None,
     "access_log": False,

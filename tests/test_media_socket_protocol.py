@@ -191,13 +191,16 @@ class Client:
                     return Close.parse(frame.data).code
 
     async def replies(self, count: int) -> list[str | bytes]:
+        """The next `count` data messages; other frames stay for `frames` and `close_code`."""
         out: list[str | bytes] = []
         while len(out) < count:
-            for frame in await self.frames(1):
-                if frame.opcode is Opcode.TEXT:
-                    out.append(frame.data.decode())
-                elif frame.opcode is Opcode.BINARY:
-                    out.append(bytes(frame.data))
+            frames = await self.frames(1)
+            for index, frame in enumerate(frames):
+                if len(out) == count or frame.opcode not in (Opcode.TEXT, Opcode.BINARY):
+                    self.pending = frames[index:] + self.pending
+                    break
+                data = bytes(frame.data)
+                out.append(data.decode() if frame.opcode is Opcode.TEXT else data)
         return out
 
     def close(self) -> None:
@@ -388,6 +391,7 @@ async def test_compressed_frames_go_through_websockets(server: tuple[int, Seen],
 def test_serve_runs_this_protocol_on_uvloop_and_httptools() -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None: ...
 
+    assert SERVER_OPTIONS["ws"] is MediaWebSocketProtocol
     assert SERVER_OPTIONS["loop"] == "uvloop"
     assert SERVER_OPTIONS["ws_per_message_deflate"] is False
     config = uvicorn.Config(app, **SERVER_OPTIONS)
