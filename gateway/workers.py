@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import sys
@@ -52,6 +53,24 @@ SERVER_OPTIONS: dict[str, Any] = {
     "log_config": None,
     "access_log": False,
 }
+
+
+# Garbage collection, measured with 600 calls on one core: a full (generation 2) collection
+# walks every live object of every call, and stopped the event loop for 80-300 ms about every
+# 10 s; that alone took the reply latency p95 from 409 ms to 760-950 ms. Freezing what exists
+# once the app is built (modules, the app, ~120k objects) keeps it out of every collection,
+# and a full collection after 100 rather than 10 middle-generation ones makes the pause rare:
+# p95 409 ms at 600 calls and 465 ms at 700. Cyclic garbage that reached the old generation
+# then waits a minute or so longer to be freed; RSS per call was unchanged.
+FULL_COLLECTION_EVERY = 100
+
+
+def tune_gc() -> None:
+    """Sets the collector up for serving calls; once, after the app is built."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 def check_workers(settings: Settings, workers: int) -> str | None:
@@ -162,6 +181,7 @@ def app_factory() -> FastAPI:
     except (UnknownProviderError, ProviderConfigError, SessionError) as exc:
         telemetry.shutdown()
         _startup_failure(f"invalid setting: {exc}")
+    tune_gc()
     log.info("worker %s ready", settings.instance_id)
     return app
 

@@ -8,6 +8,7 @@ a test likes, so the paths between the protocol's own parser and `websockets`' a
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from gateway.asgi_websocket import DIRECT_RECEIVE, MediaWebSocketProtocol
-from gateway.workers import SERVER_OPTIONS
+from gateway.workers import FULL_COLLECTION_EVERY, SERVER_OPTIONS, tune_gc
 
 MAX_SIZE = 200_000
 MODES = ["asgi", "direct"]
@@ -399,3 +400,15 @@ def test_serve_runs_this_protocol_on_uvloop_and_httptools() -> None:
     assert config.ws_protocol_class is MediaWebSocketProtocol
     assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
     import uvloop  # noqa: F401 - installed with uvicorn[standard], as is httptools
+
+
+def test_tune_gc_freezes_the_start_and_makes_full_collections_rare() -> None:
+    thresholds = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[2] == FULL_COLLECTION_EVERY
+        assert gc.get_threshold()[:2] == thresholds[:2]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
