@@ -252,7 +252,7 @@ async def _served(
             sansio.queue.get_nowait()
 
     cost = _per_op_us(sansio_frames, len(frames), repeat)
-    results.append(("  vs websockets-sansio (+ ASGI queue, task)", cost))
+    results.append(("  vs uvicorn websockets-sansio (+ queue put)", cost))
 
     # The whole inbound path: websocket frame -> transport -> session.
     sockets: list[AsgiTextSocket] = []
