@@ -4,7 +4,6 @@ the SIP listener it runs alongside."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,12 +55,6 @@ def create_app(
                 raise
         drainer = Drainer(runtime, settings.drain_timeout)
         drainer.install()
-        # What start-up built lives as long as the process: take it out of the cyclic
-        # collector's reach. Full collections then scan only the calls' objects, and they
-        # come about as often as calls end, so ended calls caught in reference cycles
-        # (cancelled tasks keep their tracebacks) are freed soon instead of piling up.
-        gc.collect()
-        gc.freeze()
         yield
         drainer.uninstall()
         await runtime.aclose()  # ends the calls: SIP ones send their BYE

@@ -34,7 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.provider_wiring import ProviderConfigError
-    from gateway.workers import SERVER_OPTIONS
+    from gateway.workers import SERVER_OPTIONS, tune_gc
     from infra.telemetry_export import configure_telemetry
     from providers.registry import UnknownProviderError
     from session.errors import SessionError
@@ -46,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         telemetry.shutdown()
         print(f"voice-gateway: invalid setting: {exc}", file=sys.stderr)
         return 2
+    tune_gc()
     uvicorn.run(app, host=settings.host, port=settings.port, **SERVER_OPTIONS)
     return 0
 

@@ -66,7 +66,8 @@ FULL_COLLECTION_EVERY = 100
 
 
 def tune_gc() -> None:
-    """Sets the collector up for serving calls; once, after the app is built."""
+    """Sets the collector up for serving calls; once, after the app is built (`serve` and
+    every worker of `serve --workers`)."""
     gc.collect()
     gc.freeze()
     young, middle, _ = gc.get_threshold()
