@@ -124,6 +124,9 @@ class MediaStreamEndpoint:
             transport.socket_closed()
             if session is not None:
                 await runtime.end_call(session, reason)
+            # The session holds the transport; without this the pair is a reference cycle
+            # that only a full collection frees, and full collections are made rare.
+            transport.listener = None
             if not peer_gone:
                 await _close(socket, 1000, None)
 
