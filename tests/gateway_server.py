@@ -19,6 +19,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.runtime import GatewayRuntime
 from gateway.sip_calls import SipCalls
+from gateway.workers import SERVER_OPTIONS
 from infra.settings import Settings, load_settings
 from infra.store import SessionRecord
 from tests.fakes.serve import free_port
@@ -64,7 +65,9 @@ def run_gateway(env: Mapping[str, str] | None = None) -> Iterator[RunningGateway
             app,
             host="127.0.0.1",
             port=port,
-            ws="websockets-sansio",
+            # The media socket protocol `serve` runs; the loop is this thread's own.
+            ws=SERVER_OPTIONS["ws"],
+            ws_per_message_deflate=SERVER_OPTIONS["ws_per_message_deflate"],
             log_config=None,
             lifespan="on",
         )
