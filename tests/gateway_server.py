@@ -32,6 +32,7 @@ class RunningGateway:
         self.settings = settings
         self.runtime = runtime
         self.sip = sip  # the SIP listener, when SIP_PORT is set
+        self.path = "direct"  # which media socket path serves it (see run_gateway)
         self.url = settings.public_url
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -50,7 +51,14 @@ class RunningGateway:
 
 
 @contextmanager
-def run_gateway(env: Mapping[str, str] | None = None) -> Iterator[RunningGateway]:
+def run_gateway(
+    env: Mapping[str, str] | None = None,
+    *,
+    path: str = "direct",
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+) -> Iterator[RunningGateway]:
+    """`path` "direct" is the media socket protocol `serve` runs; "asgi" is uvicorn's plain
+    `websockets-sansio`, which reaches the endpoint through ASGI messages."""
     port = free_port()
     settings = load_settings(
         port=port,
@@ -65,17 +73,18 @@ def run_gateway(env: Mapping[str, str] | None = None) -> Iterator[RunningGateway
             app,
             host="127.0.0.1",
             port=port,
-            # The media socket protocol `serve` runs; the loop is this thread's own.
-            ws=SERVER_OPTIONS["ws"],
+            # The loop is this thread's own (`new_loop`), not uvicorn's choice.
+            ws=SERVER_OPTIONS["ws"] if path == "direct" else "websockets-sansio",
             ws_per_message_deflate=SERVER_OPTIONS["ws_per_message_deflate"],
             log_config=None,
             lifespan="on",
         )
     )
     gateway = RunningGateway(settings, runtime, app.state.sip)
+    gateway.path = path
 
     def serve() -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_loop()
         gateway.loop = loop
         loop.run_until_complete(server.serve())
         loop.close()

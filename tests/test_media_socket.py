@@ -9,31 +9,22 @@ against the call, end reason, clean close.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 import uvloop
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.app import create_app
 from gateway.asgi_websocket import MediaWebSocketProtocol
 from gateway.caller import run_call
-from gateway.runtime import GatewayRuntime
-from gateway.workers import SERVER_OPTIONS
-from infra.settings import Settings, load_settings
-from infra.store import SessionRecord
 from telephony.twilio import peer
 from telephony.twilio.signature import SignatureChecker
-from tests.fakes.serve import free_port
+from tests.gateway_server import RunningGateway, run_gateway
 
 T = TypeVar("T")
 
@@ -42,75 +33,20 @@ API = {"Authorization": f"Bearer {API_TOKEN}"}
 AUTH_TOKEN = "twilio-auth-token-for-tests"
 ACCOUNT = "AC" + "0" * 32
 SILENCE = b"\xff" * 160
-PATHS = {"asgi": "websockets-sansio", "direct": SERVER_OPTIONS["ws"]}
-
-
-class RunningGateway:
-    def __init__(self, settings: Settings, runtime: GatewayRuntime, path: str) -> None:
-        self.settings = settings
-        self.runtime = runtime
-        self.path = path
-        self.url = settings.public_url
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def call_in_loop(self, fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 10) -> T:
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(timeout)
-
-    def record(self, session_id: str) -> SessionRecord | None:
-        """The stored record, once what the call path queued has been written."""
-
-        async def read() -> SessionRecord | None:
-            await self.runtime.writer.flush()
-            return await self.runtime.store.get_session(session_id)
-
-        return self.call_in_loop(read)
+PATHS = ("asgi", "direct")
 
 
 @contextmanager
 def serve(path: str, env: dict[str, str] | None = None) -> Iterator[RunningGateway]:
-    """A gateway in a thread, on asyncio with plain `websockets-sansio` or as `serve` runs it."""
-    port = free_port()
-    settings = load_settings(
-        port=port,
-        env={
-            "API_TOKEN": API_TOKEN,
-            "SIP_PORT": "0",
-            "STT_PROVIDER": "scripted",
-            "TTS_PROVIDER": "tone",
-            "AGENT_PROVIDER": "instant",
-            **(env or {}),
-        },
-        dotenv_path=Path("/nonexistent/.env"),
-    )
-    runtime = GatewayRuntime.from_settings(settings)
-    options: dict[str, Any] = {**SERVER_OPTIONS, "ws": PATHS[path]}
-    options.pop("loop")
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, runtime), host="127.0.0.1", port=port, **options)
-    )
-    gateway = RunningGateway(settings, runtime, path)
-
-    def run() -> None:
-        loop = uvloop.new_event_loop() if path == "direct" else asyncio.new_event_loop()
-        gateway.loop = loop
-        loop.run_until_complete(server.serve())
-        loop.close()
-
-    thread = threading.Thread(target=run, name=f"gateway-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.02)
-    try:
+    """A gateway in a thread, on asyncio with plain `websockets-sansio` or as `serve` runs it
+    (`MediaWebSocketProtocol` on uvloop)."""
+    fast = {"STT_PROVIDER": "scripted", "TTS_PROVIDER": "tone", "AGENT_PROVIDER": "instant"}
+    new_loop = uvloop.new_event_loop if path == "direct" else asyncio.new_event_loop
+    with run_gateway({**fast, **(env or {})}, path=path, new_loop=new_loop) as gateway:
         yield gateway
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
-@pytest.fixture(scope="module", params=list(PATHS))
+@pytest.fixture(scope="module", params=PATHS)
 def gateway(request: pytest.FixtureRequest) -> Iterator[RunningGateway]:
     with serve(request.param) as running:
         yield running
