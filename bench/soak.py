@@ -43,13 +43,16 @@ calls ended in the steady part) is what to read when the verdict is "growing". R
 call = (median steady RSS - idle RSS) / calls; it includes the one-time cost of the first
 calls (lazy imports, provider set-up), so it errs high.
 
-Two things that grow RSS with every ended call without being lost for good, both to keep in
-mind when reading a "growing" verdict:
+Two things that grow RSS with ended calls, to keep in mind when reading a "growing" verdict:
 - the embedded store (no `REDIS_URL`) keeps up to 1000 ended calls' records and event logs in
-  the gateway's own memory (`infra/store/memory_store.py`): run the gateway with `REDIS_URL`
-  to leave them out, or pass `--api-token` and the soak notes how many sessions it took;
-- a call's objects (session, transport, websocket protocol) that are only freed by the cyclic
-  garbage collector, whose full collections CPython runs rarely in a large heap.
+  the gateway's own memory (`infra/store/memory_store.py`), by design: run the gateway with
+  `REDIS_URL` to leave them out, or pass `--api-token` and the soak notes how many sessions
+  it took;
+- a reference cycle through a call's objects. An ended call must be freed by reference
+  counting (tests/test_call_memory.py checks it with the collector off): anything left in a
+  cycle waits for a full collection, which CPython runs rarely in a large heap, and the
+  gateway grew by ~40 KB per ended call while the websocket protocol and cancelled reply
+  tasks still held such cycles.
 
 Exit status 0 when RSS was flat and no call failed nor a reply went missing, 1 otherwise,
 2 for bad arguments.

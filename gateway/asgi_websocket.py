@@ -73,14 +73,20 @@ class _ToReceiver:
     __slots__ = ("_receiver",)
 
     def __init__(self, receiver: DirectReceiver) -> None:
-        self._receiver = receiver
+        self._receiver: DirectReceiver | None = receiver
 
     def put_nowait(self, message: dict[str, Any]) -> None:
+        receiver = self._receiver
+        if receiver is None:  # detached: the receiver has had its disconnect
+            return
         if message["type"] == "websocket.receive":
             text = message.get("text")
-            self._receiver.on_message(text if text is not None else message.get("bytes", b""))
+            receiver.on_message(text if text is not None else message.get("bytes", b""))
         else:  # websocket.disconnect
-            self._receiver.on_disconnect(message.get("code", 1005))
+            receiver.on_disconnect(message.get("code", 1005))
+
+    def detach(self) -> None:
+        self._receiver = None
 
     def empty(self) -> bool:
         return True
@@ -123,6 +129,20 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # the receiver gets its disconnect here
+        # The receiver (the call's feed, which holds its session) and the extension (a bound
+        # method of this protocol, inside the scope this protocol holds) each close a
+        # reference cycle. Left in place, a call's objects wait for a full collection, which
+        # CPython runs rarely in a large heap: under churn the gateway grew by ~40 KB per
+        # ended call. Broken here, the call is freed as soon as its last task ends.
+        scope = getattr(self, "scope", None)  # none when the handshake never came
+        if scope is not None:
+            scope["extensions"].pop(DIRECT_RECEIVE, None)
+        if isinstance(self.queue, _ToReceiver):
+            self.queue.detach()
+        self._receiver = None
 
     # -- incoming data
 

@@ -61,7 +61,8 @@ SERVER_OPTIONS: dict[str, Any] = {
 # once the app is built (modules, the app, ~120k objects) keeps it out of every collection,
 # and a full collection after 100 rather than 10 middle-generation ones makes the pause rare:
 # p95 409 ms at 600 calls and 465 ms at 700. Cyclic garbage that reached the old generation
-# then waits a minute or so longer to be freed; RSS per call was unchanged.
+# then waits longer to be freed, which is why an ended call must leave none
+# (tests/test_call_memory.py).
 FULL_COLLECTION_EVERY = 100
 
 

@@ -41,6 +41,7 @@ from session.speech import SayHandle, Segment
 from session.speech_tracker import SpeechEdge, SpeechTracker
 from session.state import SessionState, check_transition
 from session.stt_replay import ReplayLog
+from session.tasks import forget_cancellation
 from session.telemetry import SessionTelemetry
 from session.text import SentenceSplitter, normalise_transcript
 
@@ -644,6 +645,7 @@ class VoiceSession:
             self._current_task = task
             # asyncio.wait does not raise when `task` is cancelled by an interruption.
             await asyncio.wait({task})
+            forget_cancellation(task)
             if not task.cancelled() and (exc := task.exception()) is not None:
                 log.error("speech %s failed", handle.id, exc_info=exc)
                 self._report_error(classify(exc, ErrorCode.TRANSPORT_ERROR), "transport")
@@ -907,6 +909,8 @@ class VoiceSession:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            forget_cancellation(task)
         if self._current and not self._current.done:
             self._finish_speech(self._current, interrupted=True)
         if self._stt_stream is not None:
@@ -920,8 +924,8 @@ class VoiceSession:
             log.exception("closing the transport failed")
         self._emit("ended", reason=reason)
         self.telemetry.session_ended(reason)
-        # A cancelled task keeps its exception, whose traceback keeps the frames that refer
-        # to this session: let go of them so an ended call is freed by reference counting.
+        # Let go of what the ended call no longer needs, so that it is freed by reference
+        # counting rather than by a full collection.
         self._current_task = None
         self._current = None
         self._marks.clear()
@@ -1022,6 +1026,7 @@ class VoiceSession:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        forget_cancellation(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("session task %s failed", task.get_name(), exc_info=task.exception())
 

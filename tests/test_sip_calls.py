@@ -4,9 +4,11 @@ for what SIPp's built-in scenarios cannot do (being hung up on, refusals, re-INV
 
 from __future__ import annotations
 
+import gc
 import re
 import socket
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -313,6 +315,23 @@ def test_reinvite_to_hold_is_answered_and_the_call_goes_on(
     uac.send(rec.UAC_BYE)
     uac.status(200)
     wait_until(lambda: not sip_gateway.runtime.live, what="the call to end")
+
+
+def test_an_ended_sip_call_is_freed_without_the_cyclic_collector(
+    sip_gateway: RunningGateway, uac: RawUac
+) -> None:
+    # As tests/test_call_memory.py for Twilio: what outlives the call sits in a cycle.
+    gc.collect()
+    gc.disable()
+    try:
+        uac.answered_call()
+        session = weakref.ref(sip_gateway.runtime.live[_session_for(sip_gateway, rec.UAC_CALL_ID)])
+        uac.rtp.recvfrom(2048)  # the greeting is playing
+        uac.send(rec.UAC_BYE)
+        uac.status(200)
+        wait_until(lambda: session() is None, what="the ended call to be freed")
+    finally:
+        gc.enable()
 
 
 def test_a_caller_that_goes_silent_without_bye_is_hung_up(tmp_path: Path) -> None:
