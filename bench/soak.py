@@ -82,7 +82,7 @@ import numpy as np
 
 from gateway.caller import FRAME_SECONDS
 from gateway.load import CallerAudio, new_http_client, run_blocking, run_call, start_offset
-from gateway.load_report import MB, CallResult, Percentiles, ProcessProbe
+from gateway.load_report import MB, CallResult, CallTally, Percentiles, ProcessProbe
 
 __all__ = [
     "LeakVerdict",
@@ -585,17 +585,7 @@ class _Soak:
         rss_after: float | None,
     ) -> SoakReport:
         args, results = self.args, self.results
-        failed = [r for r in results if not r.ok]
-        failures: dict[str, int] = {}
-        examples: list[str] = []
-        for r in failed:
-            failures[r.failure or "error"] = failures.get(r.failure or "error", 0) + 1
-            if r.error not in examples and len(examples) < 5:
-                examples.append(r.error or "")
-        latencies = [x for r in results for x in r.latencies]
-        missing = sum(r.missing for r in results)
-        reply_seconds = sum(r.reply_seconds for r in results)
-        underrun_seconds = sum(r.underrun_seconds for r in results)
+        tally = CallTally.of(results)
         return SoakReport(
             url=self.url,
             pid=self.probe.pid,
@@ -604,16 +594,16 @@ class _Soak:
             call_seconds=args.call_seconds,
             sample_seconds=args.sample_seconds,
             calls_started=self.started,
-            calls_completed=len(results) - len(failed),
-            calls_failed=len(failed),
-            failures=failures,
-            failure_examples=examples,
-            turns=len(latencies) + missing,
-            replies=len(latencies),
-            replies_missing=missing,
-            latency_ms=Percentiles.of_seconds(latencies),
-            underruns=sum(r.underruns for r in results),
-            underrun_fraction=round(underrun_seconds / reply_seconds, 6) if reply_seconds else 0.0,
+            calls_completed=tally.completed,
+            calls_failed=tally.failed,
+            failures=tally.failures,
+            failure_examples=tally.failure_examples,
+            turns=len(tally.latencies) + tally.missing,
+            replies=len(tally.latencies),
+            replies_missing=tally.missing,
+            latency_ms=Percentiles.of_seconds(tally.latencies),
+            underruns=tally.underruns,
+            underrun_fraction=tally.underrun_fraction,
             frames_sent=self.frames,
             late_frames=self.late_frames,
             late_p99_ms_max=late_p99_max,

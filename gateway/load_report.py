@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "CallResult",
+    "CallTally",
     "CoreTicks",
     "GatewayUsage",
     "LoadReport",
@@ -100,6 +101,52 @@ class CallResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(slots=True)
+class CallTally:
+    """What a set of calls saw, summed: the part of a report every tool builds alike."""
+
+    completed: int
+    failed: int
+    failures: dict[str, int]  # failure category -> calls
+    failure_examples: list[str]  # up to five distinct errors
+    latencies: list[float]  # seconds, every answered turn's
+    missing: int
+    unfinished: int
+    underruns: int
+    underrun_seconds: float
+    reply_seconds: float
+
+    @staticmethod
+    def of(results: Sequence[CallResult]) -> CallTally:
+        failures: dict[str, int] = {}
+        examples: list[str] = []
+        for r in results:
+            if r.ok:
+                continue
+            failures[r.failure or "error"] = failures.get(r.failure or "error", 0) + 1
+            if r.error not in examples and len(examples) < 5:
+                examples.append(r.error or "")
+        failed = sum(failures.values())
+        return CallTally(
+            completed=len(results) - failed,
+            failed=failed,
+            failures=failures,
+            failure_examples=examples,
+            latencies=[s for r in results for s in r.latencies],
+            missing=sum(r.missing for r in results),
+            unfinished=sum(r.unfinished for r in results),
+            underruns=sum(r.underruns for r in results),
+            underrun_seconds=sum(r.underrun_seconds for r in results),
+            reply_seconds=sum(r.reply_seconds for r in results),
+        )
+
+    @property
+    def underrun_fraction(self) -> float:
+        if not self.reply_seconds:
+            return 0.0
+        return round(self.underrun_seconds / self.reply_seconds, 6)
 
 
 # -- the gateway process, from /proc
@@ -342,17 +389,7 @@ def build_report(
     frame_seconds: float,
     host_cores: dict[str, dict[str, float]] | None = None,
 ) -> LoadReport:
-    failed = [r for r in results if not r.ok]
-    failures: dict[str, int] = {}
-    examples: list[str] = []
-    for r in failed:
-        failures[r.failure or "error"] = failures.get(r.failure or "error", 0) + 1
-        if r.error not in examples and len(examples) < 5:
-            examples.append(r.error or "")
-    latencies = [s for r in results for s in r.latencies]
-    missing = sum(r.missing for r in results)
-    reply_seconds = sum(r.reply_seconds for r in results)
-    underrun_seconds = sum(r.underrun_seconds for r in results)
+    tally = CallTally.of(results)
     return LoadReport(
         url=url,
         calls=len(results),
@@ -360,19 +397,19 @@ def build_report(
         duration=duration,
         speech_seconds=speech_seconds,
         event_loop=event_loop,
-        calls_completed=len(results) - len(failed),
-        calls_failed=len(failed),
-        failures=failures,
-        failure_examples=examples,
-        turns=len(latencies) + missing,
-        replies=len(latencies),
-        replies_missing=missing,
-        unfinished_turns=sum(r.unfinished for r in results),
-        latency_ms=Percentiles.of_seconds(latencies),
-        underruns=sum(r.underruns for r in results),
-        underrun_seconds=round(underrun_seconds, 3),
-        reply_seconds=round(reply_seconds, 3),
-        underrun_fraction=round(underrun_seconds / reply_seconds, 6) if reply_seconds else 0.0,
+        calls_completed=tally.completed,
+        calls_failed=tally.failed,
+        failures=tally.failures,
+        failure_examples=tally.failure_examples,
+        turns=len(tally.latencies) + tally.missing,
+        replies=len(tally.latencies),
+        replies_missing=tally.missing,
+        unfinished_turns=tally.unfinished,
+        latency_ms=Percentiles.of_seconds(tally.latencies),
+        underruns=tally.underruns,
+        underrun_seconds=round(tally.underrun_seconds, 3),
+        reply_seconds=round(tally.reply_seconds, 3),
+        underrun_fraction=tally.underrun_fraction,
         frames_sent=sum(r.frames_sent for r in results),
         late_frames=sum(1 for x in lateness if x >= frame_seconds),
         lateness_ms=Percentiles.of_seconds(lateness),
