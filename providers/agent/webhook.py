@@ -60,7 +60,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from providers.http_errors import status_error
+from providers.http_errors import connection_error, status_error
 from session.errors import ErrorCode, ProviderError
 from session.interfaces import AgentContext
 
@@ -164,23 +164,8 @@ class WebhookAgent:
                     )
         except ProviderError:
             raise
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                ErrorCode.TIMEOUT,
-                PROVIDER,
-                f"no reply byte within {self.timeout:g} s ({type(exc).__name__})",
-                cause=exc,
-            ) from exc
         except httpx.TransportError as exc:
-            # Refused, reset, or closed mid-reply. The session retries only if nothing of the
-            # reply was spoken yet, so raising retryable here is right in both cases.
-            raise ProviderError(
-                ErrorCode.NETWORK_ERROR,
-                PROVIDER,
-                f"connection failed: {type(exc).__name__}: {self._redact(str(exc))}",
-                retryable=True,
-                cause=exc,
-            ) from exc
+            raise connection_error(PROVIDER, exc, within=self.timeout, redact=self._redact) from exc
         except httpx.HTTPError as exc:  # e.g. a body in an unknown charset or encoding
             raise self._protocol_error(
                 f"{type(exc).__name__}: {self._redact(str(exc))}", cause=exc

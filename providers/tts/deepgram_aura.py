@@ -23,8 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from providers.http_errors import status_error
-from session.errors import ErrorCode, ProviderError
+from providers.http_errors import connection_error, status_error
+from session.errors import ProviderError
 
 __all__ = ["DeepgramAuraTTS"]
 
@@ -114,18 +114,8 @@ class DeepgramAuraTTS:
                         yield chunk[:cut]
         except ProviderError:
             raise
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                ErrorCode.TIMEOUT, PROVIDER, f"speak request timed out ({type(exc).__name__})"
-            ) from exc
         except httpx.TransportError as exc:
-            # Connection refused, reset, or closed before the whole body arrived.
-            raise ProviderError(
-                ErrorCode.NETWORK_ERROR,
-                PROVIDER,
-                f"speak request failed: {type(exc).__name__}: {exc}",
-                retryable=True,
-            ) from exc
+            raise connection_error(PROVIDER, exc) from exc
 
 
 def _speak_endpoint(base_url: str | None) -> str:

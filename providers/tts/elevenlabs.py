@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
-from providers.http_errors import status_error
+from providers.http_errors import connection_error, status_error
 from session.audio import SAMPLE_WIDTH, audioop
 from session.errors import ErrorCode, ProviderError
 
@@ -141,19 +141,8 @@ class ElevenLabsTTS:
                         yield data[:cut]
         except ProviderError:
             raise
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                ErrorCode.TIMEOUT, PROVIDER, f"no answer within {self.timeout:g} s", cause=exc
-            ) from exc
         except httpx.TransportError as exc:
-            # Refused, reset, or closed before the body was complete: the next try may work.
-            raise ProviderError(
-                ErrorCode.NETWORK_ERROR,
-                PROVIDER,
-                f"connection failed: {type(exc).__name__}: {self._redact(str(exc))}",
-                retryable=True,
-                cause=exc,
-            ) from exc
+            raise connection_error(PROVIDER, exc, within=self.timeout, redact=self._redact) from exc
         except httpx.HTTPError as exc:  # e.g. a body that does not decode
             raise ProviderError(
                 ErrorCode.PROVIDER_ERROR,
