@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from session.interfaces import TranscriptEvent
+from session.tasks import forget_cancellation
 
 
 class BatchSTT(Protocol):
@@ -90,4 +91,5 @@ class ChunkedSTTStream:
         self._chunks.put_nowait(_END)
         self._worker.cancel()
         await asyncio.gather(self._worker, return_exceptions=True)
+        forget_cancellation(self._worker)  # its frame refers to this stream, which holds it
         self._events.put_nowait(_END)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import struct
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
 from providers.stt.openai_transcribe import OpenAITranscribeSTT, wav_bytes
+from session.chunking import ChunkedSTTStream
 from session.errors import ErrorCode, ProviderError
 from session.state import SessionState
 from tests.fakes.openai_server import (
@@ -193,3 +196,28 @@ async def test_turns_are_transcribed_in_a_session_and_a_503_is_retried(
     assert all(clip.seconds >= 0.4 for clip in fake.clips)
     await session.stop()
     await stt.aclose()
+
+
+async def test_a_closed_chunked_stream_is_freed_without_the_cyclic_collector(
+    fake: FakeOpenAI,
+) -> None:
+    # The session's stream over a batch recogniser, one per call: left in a reference cycle it
+    # would wait for one of the collector's rare full collections.
+    fake.transcripts.append("Hello.")
+    stt = OpenAITranscribeSTT(API_KEY, fake.url)
+    gc.collect()
+    gc.disable()
+    try:
+        stream = ChunkedSTTStream(stt, max_chunk_seconds=10)
+        stream.push_audio(sine(0.5, stt.sample_rate))
+        stream.flush()
+        events = stream.__aiter__()
+        assert (await events.__anext__()).text == "Hello."
+        await events.aclose()
+        await stream.aclose()
+        ref = weakref.ref(stream)
+        del stream, events
+        assert ref() is None, [type(r).__name__ for r in gc.get_referrers(ref())]
+    finally:
+        gc.enable()
+        await stt.aclose()
