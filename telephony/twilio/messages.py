@@ -107,7 +107,10 @@ class Start:
     channels: int
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike the other events: one is built for every 20 ms of every call, and a
+# frozen dataclass's __init__ (object.__setattr__ per field) costs 0.66 µs against 0.17 µs,
+# measured; about 2 % of the gateway's CPU at 700 calls.
+@dataclass(slots=True)
 class Media:
     sequence_number: int
     stream_sid: str
