@@ -7,11 +7,11 @@ cgroup with the same CPU quota, `--quota` of a core (10 ms period): K workers at
 stand for K cores scaled by q, and the load tool, unpinned, has what is left. For each K the
 tool starts `voice-gateway serve --port PORT --workers K` with the deterministic providers
 and `REDIS_URL` (K = 1 is a plain `serve`), caps its workers, and runs the load tool at K x n
-calls for every n of `--ns`, each as `voice-gateway load` runs it. The ratio of the highest
-call counts sustained is the scaling.
+calls for every n of `--ns`, each as `voice-gateway load` runs it, after a baseline run of
+`--baseline-calls` calls (10). The ratio of the highest call counts sustained is the scaling.
 
 Sustained: no failed call, no missing reply, underruns under 1 % of reply time, and reply
-latency p95 within 300 ms of the lightest run of the same K (the one-core targets). The
+latency p95 within 300 ms of the baseline run's (the issue's one-core targets). The
 `throttled` column is the share of quota periods in which a worker used up its quota (the
 busiest worker's): near 100 % means the workers are saturated. `split` is each worker's
 share of the workers' CPU: the kernel, not the gateway, decides which worker accepts a
@@ -49,7 +49,7 @@ from gateway.load_report import LoadReport, ProcessProbe, summary_line
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 10_000
-LATENCY_HEADROOM_MS = 300.0  # p95 may rise this much above the lightest run's
+LATENCY_HEADROOM_MS = 300.0  # p95 may rise this much above the baseline run's
 MAX_UNDERRUN = 0.01
 DETERMINISTIC = {"STT_PROVIDER": "scripted", "TTS_PROVIDER": "tone", "AGENT_PROVIDER": "instant"}
 
@@ -181,12 +181,14 @@ class Run:
     worker_cpu_percent: float  # the workers' CPU over the steady part, % of one core
     throttled: float  # the busiest worker's share of periods that ran out of quota
     split: list[float]  # each worker's share of the workers' CPU
+    baseline: bool = False  # the light run the others' latency is judged against
     sustained: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {
             "workers": self.workers,
             "calls": self.report.calls,
+            "baseline": self.baseline,
             "sustained": self.sustained,
             "worker_cpu_percent": self.worker_cpu_percent,
             "throttled": self.throttled,
@@ -234,12 +236,10 @@ async def measured_load(
     )
 
 
-def judge(runs: Sequence[Run]) -> None:
-    """Marks each run sustained or not, against the lightest run of its worker count."""
-    if not runs:
-        return
-    base = runs[0].report.latency_ms.p95
-    for run in runs:
+def judge(baseline: Run, runs: Sequence[Run]) -> None:
+    """Marks each run sustained or not, against the baseline run of its worker count."""
+    base = baseline.report.latency_ms.p95
+    for run in (baseline, *runs):
         r = run.report
         p95 = r.latency_ms.p95
         run.sustained = (
@@ -255,15 +255,16 @@ async def scale(args: argparse.Namespace) -> list[Run]:
     runs: list[Run] = []
     for workers in args.workers:
         with running_gateway(args, workers) as gateway:
+            baseline = await measured_load(gateway, workers, args.baseline_calls, args)
+            baseline.baseline = True
             mine: list[Run] = []
-            for i, n in enumerate(args.ns):
-                if i:
-                    await asyncio.sleep(args.gap)  # the previous run's sessions end
+            for n in args.ns:
+                await asyncio.sleep(args.gap)  # the previous run's sessions end
                 mine.append(await measured_load(gateway, workers, workers * n, args))
-                judge(mine)
+                judge(baseline, mine)
                 if not mine[-1].sustained and not args.keep_going:
                     break
-            runs += mine
+            runs += [baseline, *mine]
     return runs
 
 
@@ -286,7 +287,7 @@ def table(runs: Sequence[Run]) -> list[str]:
                 f"{run.worker_cpu_percent:.0f}%",
                 f"{run.throttled:.0%}",
                 "/".join(f"{s:.2f}" for s in run.split),
-                "yes" if run.sustained else "no",
+                "baseline" if run.baseline else "yes" if run.sustained else "no",
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -295,7 +296,10 @@ def table(runs: Sequence[Run]) -> list[str]:
 
 def verdict(runs: Sequence[Run], workers: Sequence[int]) -> tuple[dict[int, int], str]:
     best = {
-        k: max((r.report.calls for r in runs if r.workers == k and r.sustained), default=0)
+        k: max(
+            (r.report.calls for r in runs if r.workers == k and r.sustained and not r.baseline),
+            default=0,
+        )
         for k in workers
     }
     parts = [f"{k} worker{'s' if k > 1 else ''}: {best[k]} calls" for k in workers]
@@ -330,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quota", type=parse_quota, default=0.25, help="share of a core/worker")
     parser.add_argument("--ns", type=parse_ns, default=[100, 150, 200], help="calls per worker")
+    parser.add_argument(
+        "--baseline-calls", type=int, default=10, help="calls of the run latency is judged by"
+    )
     parser.add_argument("--workers", type=parse_workers, default=[1, 2], help="e.g. 1,2")
     parser.add_argument("--duration", type=float, default=30.0, help="steady seconds per run")
     parser.add_argument("--ramp", type=float, help="seconds to start the calls (default N/20)")
@@ -344,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.duration <= 2:
         parser.error("--duration must be more than 2 seconds")
+    if args.baseline_calls < 1:
+        parser.error("--baseline-calls must be at least 1")
 
     print(f"$ {shlex.join([sys.executable, '-m', 'bench.workers_scaling', *sys.argv[1:]])}")
     try:

@@ -27,7 +27,14 @@ def test_a_quota_outside_one_core_is_refused(bad: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--quota", "2"], ["--ns", "0"], ["--workers", "x"], ["--duration", "1"]]
+    "argv",
+    [
+        ["--quota", "2"],
+        ["--ns", "0"],
+        ["--workers", "x"],
+        ["--duration", "1"],
+        ["--baseline-calls", "0"],
+    ],
 )
 def test_bad_arguments_exit_with_status_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
