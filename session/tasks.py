@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 __all__ = ["forget_cancellation"]
@@ -16,9 +15,15 @@ def forget_cancellation(task: asyncio.Future[Any]) -> None:
     error's traceback holds the task's frames, and their locals often lead back to the task
     (a TaskGroup's parent task, an object that keeps its own tasks): a reference cycle, freed
     with all the frames refer to (a whole call) only by one of the collector's rare full
-    collections. CPython hands the stored error over on the first `exception()`, so asking
-    once breaks the cycle.
+    collections. CPython hands the stored error over on the first `exception()`. The error
+    may still be in a cycle of its own (3.11's `TaskGroup.__aexit__` keeps it in a local of a
+    frame its traceback holds), and being raised here adds this frame and its callers to that
+    traceback: nobody reads it, so it goes too.
     """
-    if task.done() and task.cancelled():
-        with contextlib.suppress(asyncio.CancelledError):
-            task.exception()
+    if not (task.done() and task.cancelled()):
+        return
+    try:
+        task.exception()
+    except asyncio.CancelledError as exc:
+        exc.__traceback__ = None
+        exc.__context__ = None
