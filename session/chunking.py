@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from session.interfaces import TranscriptEvent
-from session.tasks import forget_cancellation
+from session.tasks import reap
 
 
 class BatchSTT(Protocol):
@@ -90,6 +90,5 @@ class ChunkedSTTStream:
     async def aclose(self) -> None:
         self._chunks.put_nowait(_END)
         self._worker.cancel()
-        await asyncio.gather(self._worker, return_exceptions=True)
-        forget_cancellation(self._worker)  # its frame refers to this stream, which holds it
+        await reap(self._worker)  # its frame refers to this stream, which holds it
         self._events.put_nowait(_END)

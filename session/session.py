@@ -41,7 +41,7 @@ from session.speech import SayHandle, Segment
 from session.speech_tracker import SpeechEdge, SpeechTracker
 from session.state import SessionState, check_transition
 from session.stt_replay import ReplayLog
-from session.tasks import forget_cancellation
+from session.tasks import forget_cancellation, reap
 from session.telemetry import SessionTelemetry
 from session.text import SentenceSplitter, normalise_transcript
 
@@ -908,9 +908,7 @@ class VoiceSession:
             tasks.append(self._current_task)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for task in tasks:
-            forget_cancellation(task)
+        await reap(*tasks)
         if self._current and not self._current.done:
             self._finish_speech(self._current, interrupted=True)
         if self._stt_stream is not None:

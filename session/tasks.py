@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["forget_cancellation"]
+__all__ = ["forget_cancellation", "reap"]
 
 
 def forget_cancellation(task: asyncio.Future[Any]) -> None:
@@ -27,3 +27,11 @@ def forget_cancellation(task: asyncio.Future[Any]) -> None:
     except asyncio.CancelledError as exc:
         exc.__traceback__ = None
         exc.__context__ = None
+
+
+async def reap(*tasks: asyncio.Future[Any]) -> None:
+    """Waits for `tasks` to end, whatever they end with, and lets go of what the cancelled
+    ones keep (`forget_cancellation`): how an owner waits for the tasks it cancelled."""
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        forget_cancellation(task)

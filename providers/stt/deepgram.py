@@ -57,7 +57,7 @@ from providers.http_errors import status_error
 from session.audio import SAMPLE_WIDTH, audioop
 from session.errors import ErrorCode, ProviderError
 from session.interfaces import TranscriptEvent
-from session.tasks import forget_cancellation
+from session.tasks import reap
 
 __all__ = ["DeepgramSTT", "DeepgramStream"]
 
@@ -203,17 +203,10 @@ class DeepgramStream:
             raise item
         raise StopAsyncIteration
 
-    async def _tasks_ended(self) -> None:
-        await asyncio.gather(self._sender, self._receiver, return_exceptions=True)
-        # Their frames refer to this stream, which holds them: a cycle while they keep their
-        # CancelledError.
-        forget_cancellation(self._sender)
-        forget_cancellation(self._receiver)
-
     async def aclose(self) -> None:
         """Asks Deepgram to close (`CloseStream`), waits briefly for it, then drops the socket."""
         if self._closing:
-            await self._tasks_ended()
+            await reap(self._sender, self._receiver)
             return
         self._closing = True
         for entry in self._pending:
@@ -227,7 +220,7 @@ class DeepgramStream:
                 await asyncio.wait_for(asyncio.shield(self._receiver), self._close_timeout)
         self._sender.cancel()
         self._receiver.cancel()
-        await self._tasks_ended()
+        await reap(self._sender, self._receiver)
         with contextlib.suppress(Exception):
             await self._ws.close()
         self._events.put_nowait(_END)
