@@ -28,16 +28,6 @@ def gateway() -> Iterator[RunningGateway]:
         yield running
 
 
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 async def sessions_of(gateway: RunningGateway, calls: asyncio.Task) -> list[weakref.ref]:
     """Weak references to every session that goes live while `calls` runs."""
     seen: dict[str, weakref.ref] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -33,16 +33,6 @@ class StallingTTS:
         self.started += 1
         yield tone(0.2)
         await asyncio.Event().wait()
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 async def freed(ref: weakref.ref) -> bool:

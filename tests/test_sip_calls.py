@@ -4,7 +4,6 @@ for what SIPp's built-in scenarios cannot do (being hung up on, refusals, re-INV
 
 from __future__ import annotations
 
-import gc
 import re
 import socket
 import time
@@ -318,20 +317,15 @@ def test_reinvite_to_hold_is_answered_and_the_call_goes_on(
 
 
 def test_an_ended_sip_call_is_freed_without_the_cyclic_collector(
-    sip_gateway: RunningGateway, uac: RawUac
+    sip_gateway: RunningGateway, uac: RawUac, no_collector: None
 ) -> None:
     # As tests/test_call_memory.py for Twilio: what outlives the call sits in a cycle.
-    gc.collect()
-    gc.disable()
-    try:
-        uac.answered_call()
-        session = weakref.ref(sip_gateway.runtime.live[_session_for(sip_gateway, rec.UAC_CALL_ID)])
-        uac.rtp.recvfrom(2048)  # the greeting is playing
-        uac.send(rec.UAC_BYE)
-        uac.status(200)
-        wait_until(lambda: session() is None, what="the ended call to be freed")
-    finally:
-        gc.enable()
+    uac.answered_call()
+    session = weakref.ref(sip_gateway.runtime.live[_session_for(sip_gateway, rec.UAC_CALL_ID)])
+    uac.rtp.recvfrom(2048)  # the greeting is playing
+    uac.send(rec.UAC_BYE)
+    uac.status(200)
+    wait_until(lambda: session() is None, what="the ended call to be freed")
 
 
 def test_a_caller_that_goes_silent_without_bye_is_hung_up(tmp_path: Path) -> None:
