@@ -66,8 +66,16 @@ def load_command(n: int, ramp: float, args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
-def _num(value: float | None, fmt: str) -> str:
+def num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def aligned(rows: Sequence[Sequence[str]], min_widths: Sequence[int] | None = None) -> list[str]:
+    """Rows of cells as lines, every column right-aligned to its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    if min_widths is not None:
+        widths = [max(w, m) for w, m in zip(widths, min_widths, strict=True)]
+    return ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
 
 
 def table(reports: Sequence[LoadReport]) -> list[str]:
@@ -80,19 +88,18 @@ def table(reports: Sequence[LoadReport]) -> list[str]:
                 str(r.calls),
                 str(r.calls_completed),
                 str(r.calls_failed),
-                _num(r.latency_ms.p50, ".0f"),
-                _num(r.latency_ms.p95, ".0f"),
+                num(r.latency_ms.p50, ".0f"),
+                num(r.latency_ms.p95, ".0f"),
                 str(r.replies_missing),
                 f"{r.underrun_fraction:.2%}",
-                _num(r.lateness_ms.p99, ".1f"),
-                _num(r.client_cpu_percent, ".0f") + "%",
-                (_num(g.cpu_percent, ".0f") + "%") if g else "-",
-                _num(g.cpu_ms_per_call_second, ".2f") if g else "-",
-                _num(g.rss_per_call_mb, ".3f") if g else "-",
+                num(r.lateness_ms.p99, ".1f"),
+                num(r.client_cpu_percent, ".0f") + "%",
+                (num(g.cpu_percent, ".0f") + "%") if g else "-",
+                num(g.cpu_ms_per_call_second, ".2f") if g else "-",
+                num(g.rss_per_call_mb, ".3f") if g else "-",
             ]
         )
-    widths = [max(width, *(len(row[i]) for row in rows)) for i, (_, width) in enumerate(COLUMNS)]
-    return ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return aligned(rows, [width for _, width in COLUMNS])
 
 
 def plot(reports: Sequence[LoadReport], path: Path) -> bool:

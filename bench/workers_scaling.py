@@ -43,7 +43,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.load_sweep import auto_ramp, parse_ns
+from bench.load_sweep import aligned, auto_ramp, num, parse_ns
 from gateway.load import START_DELAY, run_blocking, run_load
 from gateway.load_report import LoadReport, ProcessProbe, summary_line
 
@@ -280,8 +280,8 @@ def table(runs: Sequence[Run]) -> list[str]:
                 str(r.calls),
                 str(r.calls_failed),
                 str(r.replies_missing),
-                "-" if r.latency_ms.p50 is None else f"{r.latency_ms.p50:.0f}",
-                "-" if r.latency_ms.p95 is None else f"{r.latency_ms.p95:.0f}",
+                num(r.latency_ms.p50, ".0f"),
+                num(r.latency_ms.p95, ".0f"),
                 f"{r.underrun_fraction:.2%}",
                 "-" if r.client_cpu_percent is None else f"{r.client_cpu_percent:.0f}%",
                 f"{run.worker_cpu_percent:.0f}%",
@@ -290,8 +290,7 @@ def table(runs: Sequence[Run]) -> list[str]:
                 "baseline" if run.baseline else "yes" if run.sustained else "no",
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return aligned(rows)
 
 
 def verdict(runs: Sequence[Run], workers: Sequence[int]) -> tuple[dict[int, int], str]:
